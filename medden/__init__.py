@@ -1,0 +1,12 @@
+"""medden: denoising for 3D medical scans (CT, MRI, PET/SPECT) with physics-aware noise models and clinical metrics.
+
+The data path: :func:`load_volume` → :func:`denoise` (which estimates the noise) → :func:`save_volume`.
+"""
+from medden.errors import MeddenError
+from medden.volume import Volume
+from medden.io import load_volume, save_volume
+from medden.denoisers import denoise, list_methods
+
+__version__ = "0.1.0"
+
+__all__ = ["Volume", "MeddenError", "load_volume", "save_volume", "denoise", "list_methods", "__version__"]

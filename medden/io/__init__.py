@@ -1,0 +1,149 @@
+"""Loading and saving volumes: NIfTI, DICOM (series folders and multi-frame files) and ITK formats (NRRD, MHA/MHD).
+
+``load_volume`` picks the reader from the path (a folder is a DICOM series); ``save_volume`` picks the writer from
+the output path and writes through a temporary name, so a failure never leaves a partial output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medden.errors import InputError, OutputError
+from medden.io import dicom, itk, nifti
+from medden.io.atomic import atomic_path, check_output_path
+from medden.volume import Volume
+
+__all__ = ["load_volume", "save_volume", "output_format", "default_output_path"]
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def load_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """Load a 3D scan as a :class:`~medden.volume.Volume` (float32, physical units, RAS+ affine).
+
+    Parameters
+    ----------
+    path : a ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``, ``.mha``/``.mhd`` file, a multi-frame DICOM file, or a
+        folder holding one DICOM series.
+    series_uid : the SeriesInstanceUID to load when the folder holds several series.
+
+    Raises
+    ------
+    InputError
+        Missing path, empty or unreadable file, no DICOM in a folder, several series, inconsistent slice spacing,
+        a 2D or 4D image, NaN/Inf voxels.
+
+    Examples
+    --------
+    >>> vol = load_volume("samples/mr_ixi002_t2_head.nii.gz")  # doctest: +SKIP
+    >>> vol.shape, vol.spacing, vol.modality  # doctest: +SKIP
+    """
+    volume = _read(Path(path), series_uid)
+    if volume.modality == "OT":
+        modality, why = infer_modality(volume.data)
+        volume = dataclasses.replace(volume, modality=modality,
+                                     meta={**volume.meta, "modality_source": f"inferred: {why}"})
+    else:
+        volume.meta.setdefault("modality_source", "recorded in the file")
+    return volume
+
+
+def infer_modality(data: np.ndarray) -> tuple[str, str]:
+    """Guess CT or MR from the values of a file that does not record its modality.
+
+    CT in Hounsfield units has air near −1000 HU and soft tissue near 0–100 HU; MR magnitude images are ≥ 0.
+    Returns the modality code and the reason, for the user to read.
+    """
+    p1, p99 = np.percentile(data.ravel()[:: max(1, data.size // 2_000_000)], [1, 99])
+    lo = float(data.min())
+    if -1100 <= p1 <= -850 and lo >= -3100 and p99 < 4000:
+        return "CT", f"air at {p1:.0f} (1st percentile) and values from {lo:.0f}: Hounsfield units"
+    if lo >= 0:
+        return "MR", f"non-negative values ({lo:.4g} … {float(data.max()):.4g}) with no air at −1000: magnitude MR"
+    return "OT", f"values {lo:.4g} … {float(data.max()):.4g} fit neither CT in HU nor magnitude MR"
+
+
+def _read(path: Path, series_uid: str | None) -> Volume:
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    if path.is_dir():
+        return dicom.load_dicom(path, series_uid=series_uid)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is an empty file")
+    suffix = _suffix(path)
+    if suffix in nifti.SUFFIXES:
+        return nifti.load_nifti(path)
+    if suffix in itk.SUFFIXES:
+        return itk.load_itk(path)
+    if suffix in dicom.SUFFIXES or dicom.is_dicom_file(path):
+        return dicom.load_dicom(path, series_uid=series_uid)
+    raise InputError(f"{path}: unknown format '{suffix or path.name}' (expected .nii, .nii.gz, .nrrd, .nhdr, .mha, "
+                     f".mhd, a multi-frame .dcm or a DICOM folder)")
+
+
+def output_format(path: Path, like: Volume | None = None) -> str:
+    """The writer for ``path``: 'nifti', 'itk' or 'dicom' (a path with no image suffix is a DICOM folder)."""
+    suffix = _suffix(Path(path))
+    if suffix in nifti.SUFFIXES:
+        return "nifti"
+    if suffix in itk.SUFFIXES:
+        return "itk"
+    if suffix in dicom.SUFFIXES:
+        if like is None or like.meta.get("format") != "dicom-multiframe":
+            raise OutputError(f"{path}: a single .dcm file can only be written for a multi-frame DICOM source; "
+                              f"give a folder name to write a DICOM series")
+        return "dicom"
+    if suffix == "":
+        return "dicom"
+    raise OutputError(f"{path}: unknown output format '{suffix}' (use .nii.gz, .nii, .nrrd, .mha, .mhd or a folder "
+                      f"name for a DICOM series)")
+
+
+def default_output_path(source: Path, tag: str = "denoised") -> Path:
+    """``scan.nii.gz`` → ``scan_denoised.nii.gz``; a DICOM folder ``ser/`` → ``ser_denoised/`` beside it."""
+    source = Path(source)
+    if source.is_dir():
+        return source.with_name(f"{source.name}_{tag}")
+    suffix = _suffix(source)
+    stem = source.name[: -len(suffix)] if suffix else source.name
+    return source.with_name(f"{stem}_{tag}{suffix}")
+
+
+def save_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = False,
+                description: str = "medden", protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Write ``volume`` to ``path`` atomically, in the format its suffix names (no suffix: a DICOM series folder).
+
+    The volume's source file (``volume.meta['source_path']``) and every path in ``protect`` are never overwritten.
+    ``description`` goes into the DICOM SeriesDescription. Returns the path written.
+
+    Raises
+    ------
+    OutputError
+        The output exists (and ``overwrite`` is False), equals an input, or its folder is missing or not writable.
+    """
+    path = Path(path)
+    inputs = tuple(Path(p) for p in protect)
+    if volume.meta.get("source_path"):
+        inputs += (Path(volume.meta["source_path"]),)
+    check_output_path(path, overwrite=overwrite, inputs=inputs)
+    fmt = output_format(path, like=volume)
+    is_dir = fmt == "dicom" and _suffix(path) == ""
+    try:
+        with atomic_path(path, is_dir=is_dir) as tmp:
+            if fmt == "nifti":
+                nifti.save_nifti(volume, tmp)
+            elif fmt == "itk":
+                itk.save_itk(volume, tmp)
+            else:
+                dicom.save_dicom(volume, tmp, description=description)
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path

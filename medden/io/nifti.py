@@ -1,0 +1,86 @@
+"""NIfTI-1/2 (.nii, .nii.gz) through nibabel. The affine is nibabel's best affine (sform, else qform), RAS+."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medden.errors import InputError
+from medden.io.checks import as_3d
+from medden.volume import Volume
+
+SUFFIXES = (".nii", ".nii.gz")
+
+
+def load_nifti(path: Path) -> Volume:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)  # applies scl_slope / scl_inter
+    except Exception as exc:  # nibabel raises many types for corrupt or non-NIfTI files
+        raise InputError(f"cannot read {path} as NIfTI: {_reason(exc)}") from None
+    data = as_3d(data, path)
+    header = img.header
+    sidecar = _read_sidecar(path)
+    modality = str(sidecar.get("Modality", "OT")) if sidecar else "OT"
+    meta = {
+        "format": "nifti",
+        "source_path": str(path),
+        "stored_dtype": str(header.get_data_dtype()),
+        "scl_slope": _finite_or_none(header["scl_slope"]),
+        "scl_inter": _finite_or_none(header["scl_inter"]),
+        "xyzt_units": header.get_xyzt_units(),
+        "descrip": header["descrip"].tobytes().rstrip(b"\0").decode("latin-1"),
+    }
+    return Volume(data, img.affine, modality=modality, meta=meta)
+
+
+def save_nifti(volume: Volume, path: Path) -> None:
+    """Write ``volume`` as NIfTI-1 with its RAS+ affine as both sform and qform.
+
+    A volume read from NIfTI is written back in its stored data type and scaling (integer types are rounded and
+    clipped to the type's range); any other volume is written as float32.
+    """
+    import nibabel as nib
+
+    meta = volume.meta if volume.meta.get("format") == "nifti" else {}
+    dtype = np.dtype(meta.get("stored_dtype", "float32"))
+    slope = meta.get("scl_slope") or 1.0
+    inter = meta.get("scl_inter") or 0.0
+    data = volume.data
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        stored = np.clip(np.rint((data.astype(np.float64) - inter) / slope), info.min, info.max).astype(dtype)
+    else:
+        stored, slope, inter = data.astype(dtype), 1.0, 0.0
+    img = nib.Nifti1Image(stored, volume.affine)
+    img.header.set_data_dtype(dtype)
+    img.header.set_slope_inter(slope, inter) if np.issubdtype(dtype, np.integer) else None
+    img.set_sform(volume.affine, code=1)
+    img.set_qform(volume.affine, code=1)
+    img.header.set_xyzt_units(*(meta.get("xyzt_units") or ("mm", "sec")))
+    img.header["descrip"] = (volume.history[-1] if volume.history else meta.get("descrip", ""))[:79].encode()
+    nib.save(img, str(path))
+
+
+def _read_sidecar(path: Path) -> dict:
+    name = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+    sidecar = path.with_name(name + ".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        return json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _finite_or_none(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) and value != 0 else None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

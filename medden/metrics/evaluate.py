@@ -1,0 +1,300 @@
+"""One call that measures every denoised image the same way: :func:`evaluate`.
+
+The CLI (``medden evaluate``), notebooks and the benchmark harness all call it; :func:`medden.metrics.write_report`
+turns its result into ``metrics.json``, an HTML and a Markdown report with figures.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from medden.errors import InputError
+from medden.metrics.inputs import ArrayOrVolume, as_array, as_mask, check_pair, resolve_spacing
+from medden.metrics.nps import NoisePowerSpectrum, noise_power_spectrum
+from medden.metrics.reference import mae, psnr, reference_range, rmse, ssim_3d
+from medden.metrics.residual import MethodNoise, method_noise
+from medden.metrics.roi import HuBias, Roi, RoiSet, RoiStats, cnr, hu_bias, load_rois, parse_rois, roi_mask, roi_stats
+from medden.metrics.sharpness import EdgeMTF, edge_mtf
+from medden.volume import Volume
+
+#: Scalar metrics shown as bar charts and table columns, with their units and whether higher is better.
+SCALARS: dict[str, tuple[str, bool]] = {
+    "psnr": ("dB", True), "ssim": ("", True), "rmse": ("units", False), "mae": ("units", False),
+    "hu_bias": ("units", False), "noise_std": ("units", False), "nps_peak_frequency": ("1/mm", True),
+    "nps_mean_frequency": ("1/mm", True), "mtf50": ("1/mm", True), "mtf50_ratio": ("", True),
+}
+
+
+@dataclass
+class ImageMetrics:
+    """Everything measured on one image (a denoised estimate, or the noisy input) against the reference."""
+
+    name: str
+    psnr: float
+    ssim: float
+    rmse: float
+    mae: float
+    hu_bias: float  #: largest |bias| over the ROIs (signed), or the mean bias over the mask when no ROI is given
+    roi_stats: dict[str, RoiStats] = field(default_factory=dict)
+    roi_bias: dict[str, HuBias] = field(default_factory=dict)
+    cnr: dict[str, float] = field(default_factory=dict)
+    nps: NoisePowerSpectrum | None = None  #: NPS of (image - reference) in the uniform region
+    mtf: dict[str, EdgeMTF] = field(default_factory=dict)
+    method_noise: MethodNoise | None = None
+    seconds: float | None = None
+
+    @property
+    def noise_std(self) -> float | None:
+        return self.nps.noise_std if self.nps is not None else None
+
+    @property
+    def mtf50(self) -> float | None:
+        vals = [m.mtf50 for m in self.mtf.values() if math.isfinite(m.mtf50)]
+        return float(np.mean(vals)) if vals else None
+
+    def scalars(self, reference_mtf50: float | None = None) -> dict[str, float | None]:
+        """The headline numbers (see :data:`SCALARS`)."""
+        m50 = self.mtf50
+        return {"psnr": self.psnr, "ssim": self.ssim, "rmse": self.rmse, "mae": self.mae, "hu_bias": self.hu_bias,
+                "noise_std": self.noise_std,
+                "nps_peak_frequency": self.nps.peak_frequency if self.nps else None,
+                "nps_mean_frequency": self.nps.mean_frequency if self.nps else None, "mtf50": m50,
+                "mtf50_ratio": (m50 / reference_mtf50) if (m50 and reference_mtf50) else None}
+
+    def to_dict(self, reference_mtf50: float | None = None) -> dict[str, Any]:
+        return {"scalars": _clean(self.scalars(reference_mtf50)),
+                "rois": {k: {"stats": asdict(s), "hu_bias": {**asdict(self.roi_bias[k]), "z": _f(self.roi_bias[k].z)}}
+                         for k, s in self.roi_stats.items()},
+                "cnr": _clean(self.cnr),
+                "nps": self.nps.to_dict() if self.nps else None,
+                "mtf": {k: v.to_dict() for k, v in self.mtf.items()},
+                "method_noise": self.method_noise.to_dict() if self.method_noise else None}
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of every estimate (and the noisy input) against one reference; :meth:`to_json` writes them."""
+
+    reference_name: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    modality: str
+    data_range: float
+    methods: dict[str, ImageMetrics]
+    noisy: ImageMetrics | None = None
+    reference_roi_stats: dict[str, RoiStats] = field(default_factory=dict)
+    reference_mtf: dict[str, EdgeMTF] = field(default_factory=dict)
+    rois: RoiSet = field(default_factory=RoiSet)
+    nps_region: str = ""
+    notes: list[str] = field(default_factory=list)
+    #: the images themselves (reference, noisy, estimates) for the report's figures; not written to JSON
+    images: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    affine: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def reference_mtf50(self) -> float | None:
+        vals = [m.mtf50 for m in self.reference_mtf.values() if math.isfinite(m.mtf50)]
+        return float(np.mean(vals)) if vals else None
+
+    def all_images(self) -> list[ImageMetrics]:
+        """The noisy input (if any) then the estimates."""
+        return ([self.noisy] if self.noisy else []) + list(self.methods.values())
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per image with the headline scalars."""
+        return [{"name": m.name, **m.scalars(self.reference_mtf50)} for m in self.all_images()]
+
+    def to_dict(self) -> dict[str, Any]:
+        ref50 = self.reference_mtf50
+        return {
+            "medden_metrics_version": 1,
+            "reference": {"name": self.reference_name, "shape": list(self.shape), "spacing_mm": list(self.spacing),
+                          "modality": self.modality, "data_range": self.data_range,
+                          "rois": {k: asdict(v) for k, v in self.reference_roi_stats.items()},
+                          "mtf": {k: v.to_dict() for k, v in self.reference_mtf.items()},
+                          "mtf50_per_mm": _f(ref50) if ref50 else None},
+            "rois": [r.describe() for r in self.rois.rois],
+            "nps_region": self.nps_region,
+            "noisy": self.noisy.to_dict(ref50) if self.noisy else None,
+            "methods": {k: v.to_dict(ref50) for k, v in self.methods.items()},
+            "table": [_clean(r) for r in self.table()],
+            "notes": list(self.notes),
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The result as JSON text (NaN/Inf written as null); also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+def _f(x: Any) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _clean(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (_f(v) if isinstance(v, (float, int, np.floating)) and not isinstance(v, bool) else v)
+            for k, v in d.items()}
+
+
+def uniform_mask(reference: np.ndarray, axis: int = 2, margin: int = 3, tolerance: float = 1e-3) -> np.ndarray:
+    """Voxels of ``reference`` in flat regions (in-plane gradient below ``tolerance`` × range), eroded by
+    ``margin`` voxels in-plane: where the NPS of a difference image measures noise, not lost structure."""
+    rng = float(reference.max() - reference.min()) or 1.0
+    plane = [i for i in range(3) if i != axis]
+    g = np.zeros(reference.shape)
+    for ax in plane:
+        g = np.maximum(g, np.abs(np.gradient(reference, axis=ax)))
+    flat = g <= tolerance * rng
+    st = np.zeros((3, 3, 3), bool)
+    sl = [slice(None)] * 3
+    sl[axis] = 1
+    st[tuple(sl)] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_erosion(flat, st, iterations=margin) if margin > 0 else flat
+
+
+def _as_roiset(rois: Any, load_mask: Any = None) -> RoiSet:
+    if rois is None:
+        return RoiSet()
+    if isinstance(rois, RoiSet):
+        return rois
+    if isinstance(rois, (str, Path)):
+        return load_rois(rois, load_mask=load_mask)
+    if isinstance(rois, dict):
+        return parse_rois(rois, load_mask=load_mask)
+    if isinstance(rois, Sequence) and all(isinstance(r, Roi) for r in rois):
+        return RoiSet(tuple(rois))
+    raise InputError(f"rois must be a RoiSet, a list of Roi, a rois.json path or its dict, got {type(rois).__name__}")
+
+
+def evaluate(reference: ArrayOrVolume, estimates: Mapping[str, ArrayOrVolume], noisy: ArrayOrVolume | None = None,
+             rois: RoiSet | Sequence[Roi] | str | Path | dict | None = None, *, mask: ArrayOrVolume | None = None,
+             spacing: Sequence[float] | None = None, data_range: float | None = None, axis: int = 2,
+             nps_roi_size: int | None = None, load_mask: Any = None,
+             reference_name: str = "reference") -> EvaluationResult:
+    """Measure denoised images against a reference: PSNR, SSIM, RMSE, MAE, ROI statistics and HU bias, CNR, noise
+    power spectrum (TG-233), edge MTF (ISO 12233) and, with the noisy input, the method noise.
+
+    Parameters
+    ----------
+    reference : Volume or ndarray
+        The clean (or reference-dose) image, physical units (HU for CT).
+    estimates : mapping of name to Volume or ndarray
+        The images to compare, e.g. ``{"bm4d": v1, "dncnn": v2}``; each must have the reference's shape and, for
+        volumes, its geometry.
+    noisy : Volume or ndarray, optional
+        The denoisers' input: measured too (as ``"noisy"``), and enables the method-noise analysis.
+    rois : RoiSet, list of Roi, path to rois.json or its dict, optional
+        ROIs for statistics and HU bias; ``role: "noise"`` ROIs define the NPS region, ``role: "edge"`` ROIs the MTF
+        edges, ``cnr`` pairs (or signal/background roles) the CNRs (format: :mod:`medden.metrics.roi`).
+    mask : Volume or ndarray, optional
+        Voxels for PSNR/SSIM/RMSE/MAE and the method noise (e.g. the body); all when None.
+    spacing : sequence of float, optional
+        Voxel size in mm for arrays; taken from the reference Volume otherwise.
+    data_range : float, optional
+        Peak for PSNR and SSIM, image units; default ``max - min`` of the reference. Recorded in the result.
+    axis : int
+        Slice axis for the 2D NPS and MTF (2: axial for usual scans).
+    nps_roi_size : int, optional
+        NPS ROI side in voxels (default: chosen to fit the region, see :func:`noise_power_spectrum`).
+    load_mask : callable, optional
+        Reader for mask files named in a rois.json (e.g. ``medden.load_volume``).
+    reference_name : str
+        Label of the reference in the report.
+
+    Returns
+    -------
+    EvaluationResult
+    """
+    if not estimates:
+        raise InputError("evaluate needs at least one estimate to compare with the reference")
+    ref = as_array(reference, "reference")
+    sp = resolve_spacing(reference, spacing=spacing)
+    checked: dict[str, np.ndarray] = {}
+    for name, img in estimates.items():
+        if not isinstance(name, str) or not name:
+            raise InputError(f"estimate names must be non-empty strings, got {name!r}")
+        if name in ("noisy", "reference"):
+            raise InputError(f"estimate name {name!r} is reserved; rename it")
+        checked[name] = check_pair(reference, img, "reference", f"estimate {name!r}")[1]
+    noisy_a = check_pair(reference, noisy, "reference", "noisy image")[1] if noisy is not None else None
+    m = as_mask(mask, ref.shape)
+    roiset = _as_roiset(rois, load_mask)
+    grid = reference if isinstance(reference, Volume) else ref
+    masks = {r.name: roi_mask(grid, r) for r in roiset.rois}  # raises InputError for an ROI outside the volume
+    peak = float(data_range) if data_range is not None else reference_range(ref, m)
+    notes: list[str] = []
+
+    noise_rois = roiset.with_role("noise")
+    if noise_rois:
+        nps_mask = np.logical_or.reduce([masks[r.name] for r in noise_rois])
+        nps_region = "ROIs " + ", ".join(r.name for r in noise_rois)
+    else:
+        nps_mask = uniform_mask(ref, axis=axis)
+        nps_region = "flat regions of the reference (auto)"
+        if not nps_mask.any():
+            nps_mask, nps_region = np.ones(ref.shape, bool), "whole volume (no flat region found)"
+            notes.append("no uniform region found: the NPS of differences includes structure removed by the method")
+    edges = roiset.with_role("edge")
+    if not edges:
+        notes.append("no ROI with role 'edge': MTF not measured")
+
+    def mtfs(img: np.ndarray, label: str) -> dict[str, EdgeMTF]:
+        out = {}
+        for r in edges:
+            try:
+                out[r.name] = edge_mtf(img, masks[r.name], spacing=sp, axis=axis)
+            except InputError as exc:
+                notes.append(f"MTF of {label} in ROI {r.name!r} failed: {exc}")
+        return out
+
+    def nps_of(img: np.ndarray, label: str) -> NoisePowerSpectrum | None:
+        try:
+            return noise_power_spectrum(img, nps_mask, spacing=sp, reference=ref, roi_size=nps_roi_size, axis=axis)
+        except InputError as exc:
+            notes.append(f"NPS of {label} failed: {exc}")
+            return None
+
+    def measure(name: str, img: np.ndarray) -> ImageMetrics:
+        stats = {r.name: roi_stats(img, masks[r.name]) for r in roiset.rois}
+        bias = {r.name: hu_bias(ref, img, masks[r.name]) for r in roiset.rois}
+        if bias:
+            worst = max(bias.values(), key=lambda b: abs(b.bias)).bias
+        else:
+            worst = float(np.mean((img - ref)[m] if m is not None else img - ref))
+        c = {f"{a}|{b}": cnr(img, masks[a], masks[b]) for a, b in roiset.pairs()}
+        mn = method_noise(noisy_a, img, ref, mask=m, spacing=sp) if noisy_a is not None and name != "noisy" else None
+        return ImageMetrics(name=name, psnr=psnr(ref, img, m, data_range=peak),
+                            ssim=ssim_3d(ref, img, m, spacing=sp, data_range=peak), rmse=rmse(ref, img, m),
+                            mae=mae(ref, img, m), hu_bias=worst, roi_stats=stats, roi_bias=bias, cnr=c,
+                            nps=nps_of(img, name), mtf=mtfs(img, name), method_noise=mn)
+
+    result = EvaluationResult(
+        reference_name=reference_name, shape=tuple(ref.shape), spacing=tuple(sp),  # type: ignore[arg-type]
+        modality=reference.modality if isinstance(reference, Volume) else "OT", data_range=peak,
+        methods={}, rois=roiset, nps_region=nps_region, notes=notes,
+        reference_roi_stats={r.name: roi_stats(ref, masks[r.name]) for r in roiset.rois},
+        affine=reference.affine if isinstance(reference, Volume) else np.diag([*sp, 1.0]))
+    result.reference_mtf = mtfs(ref, "the reference")
+    result.images["reference"] = ref
+    if noisy_a is not None:
+        result.noisy = measure("noisy", noisy_a)
+        result.images["noisy"] = noisy_a
+    for name, img in checked.items():
+        result.methods[name] = measure(name, img)
+        result.images[name] = img
+    return result
+
+
+__all__ = ["evaluate", "EvaluationResult", "ImageMetrics", "uniform_mask", "SCALARS"]

@@ -1,0 +1,279 @@
+"""Reports of an :class:`~medden.metrics.evaluate.EvaluationResult`: ``metrics.json``, ``report.html``,
+``report.md`` and PNG figures in ``figures/``.
+
+The HTML has inline CSS and relative image links only, so it opens in a browser with no network. Figures use
+matplotlib's non-interactive "Agg" backend (no display needed).
+"""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medden.errors import OutputError
+from medden.metrics.evaluate import SCALARS, EvaluationResult
+
+#: Label, voxel-axis letters (RAS) and orientation letter of each standard view.
+VIEWS = (("axial", "SI"), ("coronal", "AP"), ("sagittal", "LR"))
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Paths of what :func:`write_report` wrote."""
+
+    json: Path
+    html: Path
+    markdown: Path
+    figures: tuple[Path, ...]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _view_axes(affine: np.ndarray | None) -> dict[str, int]:
+    """The voxel axis normal to each view (axial: the axis pointing S/I, ...)."""
+    from medden.volume import orientation_code
+
+    code = orientation_code(affine) if affine is not None else "RAS"
+    out = {}
+    for view, letters in VIEWS:
+        out[view] = next(i for i, c in enumerate(code) if c in letters)
+    return out
+
+
+def _slice(img: np.ndarray, axis: int, spacing: tuple[float, ...]) -> tuple[np.ndarray, list[float]]:
+    sl = np.take(img, img.shape[axis] // 2, axis=axis)
+    axes = [a for a in range(3) if a != axis]
+    extent = [0, img.shape[axes[0]] * spacing[axes[0]], 0, img.shape[axes[1]] * spacing[axes[1]]]
+    return sl.T, extent  # first in-plane axis horizontal, second vertical (origin lower)
+
+
+def _fig_slices(result: EvaluationResult, path: Path, difference: bool) -> Path | None:
+    plt = _pyplot()
+    names = [n for n in result.images if not (difference and n == "reference")]
+    if not names:
+        return None
+    ref = result.images["reference"]
+    if difference:
+        base = result.images.get("noisy", result.images[names[-1]]) - ref
+        lim = float(np.percentile(np.abs(base), 99.5)) or 1.0
+        vmin, vmax, cmap = -lim, lim, "RdBu_r"
+    else:
+        vmin, vmax = (float(v) for v in np.percentile(ref, [0.5, 99.5]))
+        vmax = vmax if vmax > vmin else vmin + 1.0
+        cmap = "gray"
+    axes_of = _view_axes(result.affine)
+    fig, axs = plt.subplots(3, len(names), figsize=(2.6 * len(names) + 0.8, 7.8), squeeze=False)
+    im = None
+    for r, (view, _) in enumerate(VIEWS):
+        for c, name in enumerate(names):
+            img = result.images[name] - ref if difference else result.images[name]
+            sl, ext = _slice(img, axes_of[view], result.spacing)
+            im = axs[r, c].imshow(sl, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", extent=ext,
+                                  interpolation="nearest")
+            axs[r, c].set_xticks([])
+            axs[r, c].set_yticks([])
+            if r == 0:
+                axs[r, c].set_title(name + (" − ref" if difference else ""), fontsize=9)
+            if c == 0:
+                axs[r, c].set_ylabel(view, fontsize=9)
+    fig.colorbar(im, ax=axs, shrink=0.6, label="difference (units)" if difference else "value (units)")
+    fig.suptitle(("Difference to the reference" if difference else "Central slices")
+                 + f", common window [{vmin:.4g}, {vmax:.4g}]", fontsize=10)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _fig_nps(result: EvaluationResult, path: Path) -> Path | None:
+    curves = [(m.name, m.nps) for m in result.all_images() if m.nps is not None]
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, nps in curves:
+        ax.plot(nps.frequencies, nps.nps, label=f"{name} (σ={nps.noise_std:.3g}, peak {nps.peak_frequency:.2f}/mm)",
+                color="0.5" if name == "noisy" else None, lw=1.5)
+    ax.set_xlabel("spatial frequency (1/mm)")
+    ax.set_ylabel("NPS (units² · mm²)")
+    ax.set_title(f"Noise power spectrum of (image − reference), axial, {result.nps_region}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _fig_mtf(result: EvaluationResult, path: Path) -> Path | None:
+    edge_names = list(result.reference_mtf) or sorted({k for m in result.all_images() for k in m.mtf})
+    if not edge_names:
+        return None
+    plt = _pyplot()
+    fig, axs = plt.subplots(1, len(edge_names), figsize=(5.5 * len(edge_names), 4), squeeze=False)
+    for ax, edge in zip(axs[0], edge_names):
+        entries = [("reference", result.reference_mtf.get(edge))] + [(m.name, m.mtf.get(edge))
+                                                                      for m in result.all_images()]
+        for name, mtf in entries:
+            if mtf is None:
+                continue
+            style = {"reference": dict(color="k", ls="--"), "noisy": dict(color="0.5")}.get(name, {})
+            m50 = f"{mtf.mtf50:.2f}" if math.isfinite(mtf.mtf50) else "–"
+            ax.plot(mtf.frequencies, mtf.mtf, label=f"{name} (MTF50 {m50}/mm)", **style)
+        ax.axhline(0.5, color="0.8", lw=0.8)
+        ax.axhline(0.1, color="0.8", lw=0.8)
+        ax.set_ylim(0, 1.1)
+        ax.set_xlabel("spatial frequency (1/mm)")
+        ax.set_ylabel("MTF")
+        ax.set_title(f"Edge MTF (slanted edge, ISO 12233), ROI {edge}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _fig_bars(result: EvaluationResult, folder: Path) -> list[Path]:
+    plt = _pyplot()
+    rows = result.table()
+    out = []
+    for key, (unit, higher) in SCALARS.items():
+        pairs = [(r["name"], r[key]) for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+        if not pairs:
+            continue
+        fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(pairs) + 1.5), 3.2))
+        names, vals = zip(*pairs)
+        colors = ["0.6" if n == "noisy" else "C0" for n in names]
+        ax.bar(range(len(vals)), vals, color=colors)
+        ax.set_xticks(range(len(vals)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{key} ({unit or 'unitless'}; {'higher' if higher else 'lower'} is better)", fontsize=9)
+        if key == "hu_bias":
+            ax.axhline(0, color="k", lw=0.8)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        p = folder / f"bar_{key}.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        out.append(p)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else ("–" if math.isnan(v) else f"{v:.4g}")
+    return str(v)
+
+
+def _tables(result: EvaluationResult) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table in the report."""
+    keys = list(SCALARS)
+    tables = [("Summary", ["image"] + [f"{k} [{SCALARS[k][0]}]" if SCALARS[k][0] else k for k in keys],
+               [[r["name"]] + [_fmt(r[k]) for k in keys] for r in result.table()])]
+    if result.rois.rois:
+        header = ["image", "ROI", "mean", "SD", "bias", "SE of bias", "z"]
+        rows = [["reference", n, _fmt(s.mean), _fmt(s.std), "", "", ""] for n, s in result.reference_roi_stats.items()]
+        for m in result.all_images():
+            for n, s in m.roi_stats.items():
+                b = m.roi_bias[n]
+                rows.append([m.name, n, _fmt(s.mean), _fmt(s.std), _fmt(b.bias), _fmt(b.standard_error), _fmt(b.z)])
+        tables.append(("ROI statistics and HU bias (units of the image)", header, rows))
+    pairs = sorted({k for m in result.all_images() for k in m.cnr})
+    if pairs:
+        tables.append(("Contrast-to-noise ratio", ["image"] + pairs,
+                       [[m.name] + [_fmt(m.cnr.get(p)) for p in pairs] for m in result.all_images()]))
+    mn = [m for m in result.methods.values() if m.method_noise is not None]
+    if mn:
+        header = ["method", "residual SD", "removed/true noise", "corr. with noise", "corr. with edges",
+                  "corr. with reference", "lag-1 autocorr. (i, j, k)", "spectral flatness"]
+        rows = [[m.name, _fmt(r.residual_std), _fmt(r.removed_noise_fraction), _fmt(r.noise_correlation),
+                 _fmt(r.structure_correlation), _fmt(r.reference_correlation),
+                 ", ".join(f"{a:.3f}" for a in r.autocorrelation_lag1), _fmt(r.spectral_flatness)]
+                for m in mn for r in [m.method_noise]]
+        tables.append(("Method noise (noisy − estimate): ideal is noise only", header, rows))
+    return tables
+
+
+def _html(result: EvaluationResult, figures: list[Path], folder: Path) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medden evaluation</title>",
+             "<style>body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;"
+             "margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px;text-align:right}"
+             "th{background:#eee}td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;"
+             "border:1px solid #ddd;margin:4px}.note{color:#a50}</style></head><body>",
+             "<h1>medden evaluation</h1>",
+             f"<p>Reference <b>{e(result.reference_name)}</b>: shape {e(str(result.shape))}, spacing "
+             f"{' × '.join(f'{s:.3g}' for s in result.spacing)} mm, modality {e(result.modality)}. PSNR and SSIM use "
+             f"data range {result.data_range:.5g}. NPS region: {e(result.nps_region)}.</p>",
+             "<p>NPS: AAPM TG-233 (2D axial, radially averaged, of image − reference). MTF: slanted-edge method "
+             "(ISO 12233). HU bias: mean(image − reference) in an ROI; headline = largest |bias| over the ROIs.</p>"]
+    for note in result.notes:
+        parts.append(f"<p class='note'>Note: {e(note)}</p>")
+    for title, header, rows in _tables(result):
+        parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+        parts.append("</table>")
+    parts.append("<h2>Figures</h2>")
+    for f in figures:
+        rel = f.relative_to(folder).as_posix()
+        parts.append(f"<figure><img src='{e(rel)}' alt='{e(f.stem)}'><figcaption>{e(f.stem)}</figcaption></figure>")
+    parts.append("<p>Raw numbers: <a href='metrics.json'>metrics.json</a></p></body></html>")
+    return "\n".join(parts)
+
+
+def _markdown(result: EvaluationResult, figures: list[Path], folder: Path) -> str:
+    lines = ["# medden evaluation", "",
+             f"Reference **{result.reference_name}**: shape {result.shape}, spacing "
+             f"{' × '.join(f'{s:.3g}' for s in result.spacing)} mm, modality {result.modality}; PSNR/SSIM data range "
+             f"{result.data_range:.5g}; NPS region: {result.nps_region}.", "",
+             "NPS: AAPM TG-233 (2D axial, radially averaged). MTF: slanted-edge method (ISO 12233).", ""]
+    lines += [f"> Note: {n}" for n in result.notes]
+    for title, header, rows in _tables(result):
+        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    lines += ["", "## Figures", ""]
+    lines += [f"![{f.stem}]({f.relative_to(folder).as_posix()})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: EvaluationResult, out_dir: str | Path, figures: bool = True) -> ReportFiles:
+    """Write ``metrics.json``, ``report.html``, ``report.md`` and ``figures/*.png`` into ``out_dir``.
+
+    Figures: central axial/coronal/sagittal slices of every image with the reference's window, difference maps
+    (image − reference) with one symmetric window, NPS curves, MTF curves and one bar chart per headline metric.
+    """
+    folder = Path(out_dir)
+    try:
+        (folder / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create report folder {folder}: {exc}") from None
+    figs: list[Path] = []
+    if figures and result.images:
+        fdir = folder / "figures"
+        for p in (_fig_slices(result, fdir / "slices.png", difference=False),
+                  _fig_slices(result, fdir / "differences.png", difference=True),
+                  _fig_nps(result, fdir / "nps.png"), _fig_mtf(result, fdir / "mtf.png")):
+            if p is not None:
+                figs.append(p)
+        figs += _fig_bars(result, fdir)
+    paths = ReportFiles(json=folder / "metrics.json", html=folder / "report.html", markdown=folder / "report.md",
+                        figures=tuple(figs))
+    try:
+        result.to_json(paths.json)
+        paths.html.write_text(_html(result, figs, folder), encoding="utf-8")
+        paths.markdown.write_text(_markdown(result, figs, folder), encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot write the report into {folder}: {exc}") from None
+    return paths

@@ -23,8 +23,8 @@ from medden.errors import MeddenError, ParameterError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Denoise 3D medical scans (CT, MRI, PET/SPECT) and measure what the denoising kept.")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, markup=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -41,9 +41,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 @contextmanager
 def _steps(quiet: bool) -> Iterator:
-    """A progress display with one line per step (spinner and elapsed time); silent with --quiet."""
+    """A progress display with one line per step (spinner and elapsed time) on a terminal; silent with --quiet
+    and when stderr is not a terminal (batch logs keep only results and errors)."""
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                  disable=quiet, transient=False) as progress:
+                  disable=quiet or not err.is_terminal, transient=False) as progress:
         current: list[int] = []
 
         def step(text: str) -> None:
@@ -200,6 +201,64 @@ def methods(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
 
 
 # [evaluate command]
+@app.command()
+def evaluate(
+    outputs: List[str] = typer.Argument(..., help="Denoised volumes to compare (PATH or NAME=PATH; the name defaults "
+                                                  "to the file name)."),
+    reference: Path = typer.Option(..., "--reference", "-r", help="Clean (or reference-dose) volume."),
+    noisy: Optional[Path] = typer.Option(None, "--noisy", help="The denoisers' input: measured too, and enables "
+                                                               "the method-noise analysis."),
+    rois: Optional[Path] = typer.Option(None, "--rois", help="rois.json with boxes/spheres/masks (format: "
+                                                             "medden.metrics.roi)."),
+    report: Path = typer.Option(Path("report"), "-o", "--output", help="Report folder (metrics.json, report.html, "
+                                                                       "report.md, figures/)."),
+    data_range: Optional[float] = typer.Option(None, "--data-range", help="Peak for PSNR/SSIM in volume units "
+                                                                          "(default: reference max - min)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+) -> None:
+    """Measure denoised volumes against a reference (PSNR, SSIM, HU bias, CNR, NPS, MTF, method noise) and write a
+    report that opens in a browser without network."""
+    from medden.metrics import evaluate as evaluate_volumes
+    from medden.metrics import load_rois, write_report
+
+    named: dict[str, Path] = {}
+    for item in outputs:
+        name, sep, path = item.partition("=")
+        if not sep or Path(item).exists():
+            path, name = item, Path(item).name.split(".")[0]
+        base, n = name, 2
+        while name in named or name in ("noisy", "reference"):
+            name, n = f"{base}_{n}", n + 1
+        named[name] = Path(path)
+    for p in [reference, noisy, *named.values()]:
+        if p is not None and not p.exists():
+            raise MeddenError(f"{p} does not exist")
+    with _steps(quiet) as step:
+        step(f"Loading {reference}")
+        ref = medden.load_volume(reference)
+        noisy_vol = medden.load_volume(noisy) if noisy is not None else None
+        estimates = {}
+        for name, path in named.items():
+            step(f"Loading {path}")
+            estimates[name] = medden.load_volume(path)
+        roiset = load_rois(rois, load_mask=medden.load_volume) if rois is not None else None
+        step(f"Measuring {len(estimates)} volume(s)")
+        result = evaluate_volumes(ref, estimates, noisy=noisy_vol, rois=roiset, data_range=data_range,
+                                  reference_name=reference.name)
+        step(f"Writing the report into {report}")
+        files = write_report(result, report)
+    if not quiet:
+        table = Table(title=f"medden evaluate (reference {reference.name}, data range {result.data_range:.5g})")
+        cols = ("psnr", "ssim", "rmse", "hu_bias", "noise_std", "nps_peak_frequency", "mtf50_ratio")
+        for col in ("image", *cols):
+            table.add_column(col)
+        for row in result.table():
+            table.add_row(row["name"], *("—" if row[c] is None else f"{row[c]:.4g}" for c in cols))
+        out.print(table)
+        for note in result.notes:
+            out.print(f"note: {note}")
+        out.print(f"{files.html}  ({files.json.name}, {files.markdown.name}, {len(files.figures)} figures)")
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,8 +32,7 @@ def gaussian(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", 
     s = _scalar_sigma(sigma)
     if s <= 0:
         return data.copy()
-    best, best_risk = data.copy(), 0.0  # identity: risk = -N σ² + 2σ² N = N σ²  (relative to the same offset)
-    best_risk = data.size * s ** 2
+    best, best_risk = data.copy(), data.size * s ** 2  # the identity filter: ‖0‖² − Nσ² + 2σ²N
     for fwhm in min(spacing) * np.array([0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0]):
         sd_vox = fwhm * fwhm_to_sd / spacing
         out = gaussian_filter(data, sd_vox)
@@ -126,12 +125,13 @@ def nlm(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", patch
 def wavelet(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", wavelet="db2", mode="soft",
             levels=3) -> np.ndarray:
     """Subband-adaptive BayesShrink (Chang, Yu & Vetterli 2000) on a 3D discrete wavelet transform."""
+    import pywt
     from skimage.restoration import denoise_wavelet
 
     s = _scalar_sigma(sigma)
     if s <= 0:
         return data.copy()
-    levels = max(1, min(int(levels), int(np.floor(np.log2(min(data.shape)))) - 1))
+    levels = max(1, min(int(levels), pywt.dwtn_max_level(data.shape, wavelet)))
     out = denoise_wavelet(data, sigma=s, wavelet=wavelet, mode=mode, wavelet_levels=levels, method="BayesShrink",
                           rescale_sigma=False, channel_axis=None)
     return out.astype(np.float32)

@@ -56,6 +56,9 @@ def scan_folder(folder: Path) -> dict[str, list[_Slice]]:
             except Exception as exc:  # truncated or corrupt header
                 raise InputError(f"cannot read DICOM file {path}: {str(exc).splitlines()[0][:160]}") from None
             if "Rows" not in header or "Columns" not in header:
+                sop = header.get("SOPClassUID")
+                if sop is None or "Image" in getattr(sop, "name", ""):
+                    raise InputError(f"{path}: incomplete DICOM image header (truncated file?)")
                 continue  # not an image (structured report, presentation state ...)
             uid = str(header.get("SeriesInstanceUID", "unknown"))
             series.setdefault(uid, []).append(_Slice(path, header))
@@ -264,7 +267,7 @@ def save_dicom(volume: Volume, path: Path, description: str = "medden") -> None:
     for k, header in enumerate(headers):
         ds = copy.deepcopy(header)
         slope, inter = rescale[k]
-        ds.PixelData = _to_stored(volume.data[:, :, k].T, slope, inter, np.dtype(dtypes[k])).tobytes()
+        _set_pixels(ds, _to_stored(volume.data[:, :, k].T, slope, inter, np.dtype(dtypes[k])))
         _mark_derived(ds, series_uid, derivation, description, stored=np.dtype(dtypes[k]))
         ds.save_as(path / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
 
@@ -272,6 +275,11 @@ def save_dicom(volume: Volume, path: Path, description: str = "medden") -> None:
 def _to_stored(values: np.ndarray, slope: float, inter: float, dtype: np.dtype) -> np.ndarray:
     info = np.iinfo(dtype)
     return np.clip(np.rint((values.astype(np.float64) - inter) / slope), info.min, info.max).astype(dtype)
+
+
+def _set_pixels(ds, stored: np.ndarray) -> None:
+    ds.PixelData = np.ascontiguousarray(stored).tobytes()
+    ds["PixelData"].VR = "OB" if stored.dtype.itemsize == 1 else "OW"
 
 
 def _mark_derived(ds, series_uid: str, derivation: str, description: str, stored: np.dtype) -> None:
@@ -309,7 +317,7 @@ def _write_multiframe(volume: Volume, path: Path, series_uid: str, derivation: s
     for k, frame_index in enumerate(order):
         slope, inter = volume.meta["rescale"][frame_index]
         frames[frame_index] = _to_stored(volume.data[:, :, k].T, slope, inter, dtype)
-    ds.PixelData = np.stack(frames).tobytes()
+    _set_pixels(ds, np.stack(frames))
     _mark_derived(ds, series_uid, derivation, description, stored=dtype)
     ds.save_as(path, enforce_file_format=True)
 

@@ -79,7 +79,8 @@ def parse_sigma(text: str) -> float | str:
 
 @app.command()
 def denoise(
-    input: Path = typer.Argument(..., help="NIfTI/NRRD/MHA file, multi-frame DICOM file or DICOM series folder."),
+    input: Path = typer.Argument(..., help="NIfTI/NRRD/MHA file, multi-frame DICOM file, DICOM series folder, "
+                                           "or a study folder (batch)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output",
                                           help="Output path (default: beside the input, '_denoised' added)."),
     method: str = typer.Option("auto", "--method", "-m", help="Registry name (see `medden methods`) or auto."),
@@ -88,19 +89,29 @@ def denoise(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     series_uid: Optional[str] = typer.Option(None, "--series-uid", help="SeriesInstanceUID when a folder holds several."),
     modality: str = typer.Option("auto", "--modality", help="auto (from the file or its values), ct, mr, pt, nm."),
+    batch: bool = typer.Option(False, "--batch", help="Treat IN as a study: denoise every volume and series below it."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Batch: process shard K/N (K from 0, e.g. "
+                                                              "$SLURM_ARRAY_TASK_ID/N)."),
+    anonymize: bool = typer.Option(False, "--anonymize", help="Replace patient identifiers in DICOM outputs."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
-    """Denoise a scan and write the result beside it, same geometry and format."""
+    """Denoise a scan (or a whole study folder) and write the result beside it, same geometry and format."""
     from medden.io import default_output_path, output_format
     from medden.io.atomic import check_output_path
+    from medden.pipeline import provenance_record
 
     params = parse_params(param)
     sigma_value = parse_sigma(sigma)
     medden.inference.resolve_device(device)
-    output = output or default_output_path(input)
     if not input.exists():
         raise MeddenError(f"{input} does not exist")
+    if batch or shard is not None or is_study_folder(input):
+        if series_uid is not None or modality != "auto":
+            raise ParameterError("--series-uid and --modality apply to one scan, not to a study folder")
+        raise typer.Exit(denoise_study_cli(input, output, method, sigma_value, params, device, shard, anonymize,
+                                           overwrite, quiet))
+    output = output or default_output_path(input)
     check_output_path(output, overwrite=overwrite, inputs=(input,))
     with _steps(quiet) as step:
         step(f"Loading {input}")
@@ -112,12 +123,67 @@ def denoise(
              f"{volume.shape[0]}×{volume.shape[1]}×{volume.shape[2]} voxels)")
         result = medden.denoise(volume, method=spec.name, sigma=sigma_value, device=device, **params)
         step(f"Writing {output}")
-        medden.save_volume(result, output, overwrite=overwrite, description=f"medden {spec.name}", protect=(input,))
+        prov = provenance_record(volume, result, input_path=input, output_path=output,
+                                 series_uid=volume.meta.get("series_uid") or None)
+        medden.save_volume(result, output, overwrite=overwrite, description=f"medden {spec.name}", protect=(input,),
+                           provenance=prov, anonymize=anonymize)
     if not quiet:
         rec = result.meta["denoise"]
         out.print(f"modality {volume.modality} ({volume.meta.get('modality_source', '')})")
         out.print(f"{output}  [{spec.name}, sigma {rec['sigma']:.4g} ({rec['sigma_source']}), "
                   f"{rec['seconds']:.1f} s on {rec['device']}]")
+
+
+def is_study_folder(path: Path) -> bool:
+    """A folder is a study (batch mode) when it holds sub-folders or volume files, not just one flat DICOM series."""
+    from medden.pipeline import VOLUME_SUFFIXES
+
+    if not path.is_dir():
+        return False
+    return any(p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES) for p in path.iterdir())
+
+
+def denoise_study_cli(study: Path, output: Path | None, method: str, sigma, params: dict, device: str,
+                      shard: str | None, anonymize: bool, overwrite: bool, quiet: bool) -> int:
+    """Batch mode: progress over the study, one line per finished item, a summary; non-zero if any item failed."""
+    from rich.progress import BarColumn, MofNCompleteColumn
+
+    from medden.pipeline import denoise_study, parse_shard
+
+    out_dir = output or study.with_name(f"{study.name}_denoised")
+    shard_kn = parse_shard(shard)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, disable=quiet or not err.is_terminal) as progress:
+        task = progress.add_task("study", total=None)
+
+        def on_item(i: int, n: int, item, record) -> None:
+            if record is None:
+                progress.update(task, total=n, completed=i, description=f"{item.label}")
+                return
+            progress.update(task, completed=i + 1)
+            if not quiet:
+                detail = record.get("error") if record["status"] == "failed" else record["output"]
+                (err if record["status"] == "failed" else out).print(f"{record['status']:8s} {item.label}  {detail}")
+
+        result = denoise_study(study, out_dir, method=method, sigma=sigma, device=device, params=params,
+                               shard=shard_kn, anonymize=anonymize, overwrite=overwrite, on_item=on_item)
+    summary = (f"{len(result.records)} volume(s): {result.count('ok')} done, {result.count('skipped')} already done, "
+               f"{len(result.failed)} failed; manifest {result.manifest}")
+    if result.failed:
+        err.print(f"error: {summary}")
+        return 2
+    if not quiet:
+        out.print(summary)
+    return 0
+
+
+@app.command("merge-manifests")
+def merge_manifests_cmd(out_dir: Path = typer.Argument(..., help="Output folder of a sharded batch run.")) -> None:
+    """Join the shard manifests of a batch output folder into manifest.json (and .csv)."""
+    from medden.pipeline import merge_manifests
+
+    out.print(str(merge_manifests(out_dir)))
 
 
 def with_modality(volume: medden.Volume, modality: str) -> medden.Volume:
@@ -197,7 +263,88 @@ def methods(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
     out.print(table)
 
 
+# [train command]
+
+
 # [simulate command]
+@app.command()
+def simulate(
+    input: Path = typer.Argument(..., help="Clean or full-dose scan: NIfTI/NRRD/MHA file, DICOM file or series folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output path (same format family as the input)."),
+    model: str = typer.Option(..., "--model", "-m", help="Noise model: gaussian, poisson, poisson-gaussian, rician, "
+                                                         "noncentral-chi, lowdose-ct, lowdose-ct-insertion."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same output."),
+    dose: Optional[float] = typer.Option(None, "--dose", help="CT models: fraction of the full dose, in (0, 1]."),
+    sigma: Optional[str] = typer.Option(None, "--sigma", help="Noise sigma in the volume's units, or N% of the 99.9th "
+                                                              "percentile of the non-zero voxels (e.g. 3%)."),
+    counts: Optional[float] = typer.Option(None, "--counts", help="Poisson models: counts per unit intensity."),
+    coils: Optional[int] = typer.Option(None, "--coils", help="noncentral-chi: receive coils L."),
+    param: List[str] = typer.Option([], "--param", "-p", help="Other model parameter NAME=VALUE (repeatable), "
+                                                              "e.g. -p n_views=1152."),
+    device: str = typer.Option("cpu", "--device", help="cpu (same output on every machine), cuda or auto."),
+    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="SeriesInstanceUID when a folder holds several."),
+    modality: str = typer.Option("auto", "--modality", help="auto (from the file or its values), ct, mr, pt, nm."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+) -> None:
+    """Simulate noise (physics models, e.g. low-dose CT) on a scan and write it in the same format.
+
+    The parameters are recorded with the output: in its history (NIfTI descrip, DICOM DerivationDescription) and,
+    for NIfTI, in a JSON sidecar beside it.
+    """
+    from medden.io import output_format
+    from medden.io.atomic import check_output_path
+    from medden.noise.registry import get_model
+
+    spec = get_model(model)
+    given: dict = {}
+    for name, value in parse_params(param).items():
+        known = {p.name: p for p in spec.params}
+        default = known[name].default if name in known else None
+        given[name] = _parse_model_value(name, value, default)
+    for name, value in (("dose", dose), ("sigma", sigma), ("counts_per_unit", counts), ("coils", coils)):
+        if value is not None:
+            given[name] = value
+    if isinstance(given.get("sigma"), str) and not given["sigma"].strip().endswith("%"):
+        given["sigma"] = _parse_model_value("sigma", given["sigma"], 0.0)
+    spec.resolve_params(given)
+    medden.inference.resolve_device(device)
+    if not input.exists():
+        raise MeddenError(f"{input} does not exist")
+    check_output_path(output, overwrite=overwrite, inputs=(input,))
+    with _steps(quiet) as step:
+        step(f"Loading {input}")
+        volume = with_modality(medden.load_volume(input, series_uid=series_uid), modality)
+        output_format(output, like=volume)
+        step(f"Simulating {spec.name} noise ({volume.shape[0]}×{volume.shape[1]}×{volume.shape[2]} voxels)")
+        result = medden.noise.simulate(volume, spec.name, seed=seed, device=device, **given)
+        step(f"Writing {output}")
+        written = medden.save_volume(result, output, overwrite=overwrite, description=f"medden simulate {spec.name}",
+                                     protect=(input,))
+        name = Path(written).name
+        if name.endswith((".nii", ".nii.gz")):
+            stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
+            sidecar = Path(written).with_name(stem + ".json")
+            if overwrite or not sidecar.exists():
+                sidecar.write_text(json.dumps({"Modality": result.modality,
+                                               "MeddenSimulation": result.meta["simulation"]}, indent=2, default=str))
+    if not quiet:
+        out.print(f"{written}  [{result.history[-1]}]")
+
+
+def _parse_model_value(name: str, text: str, default):
+    """A CLI string as the type of a noise-model parameter's default (numbers when the default is None)."""
+    if isinstance(default, bool):
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ParameterError(f"parameter {name!r} needs true or false, got {text!r}")
+        return text.lower() in ("1", "true", "yes")
+    if isinstance(default, str):
+        return text
+    try:
+        return int(text) if isinstance(default, int) else float(text)
+    except ValueError:
+        raise ParameterError(f"parameter {name!r} needs a number, got {text!r}") from None
+
 
 
 # [evaluate command]
@@ -264,30 +411,31 @@ def evaluate(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: returns the exit status instead of printing tracebacks."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int):  # typer.Exit(code) returns its code when not standalone
+            return code
     except MeddenError as exc:
-        err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        err.print(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        err.print("error: interrupted", markup=False)
+        err.print("error: interrupted")
         return 130
     except typer.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:
         return int(exc.code or 0)
-    except Exception as exc:  # click usage errors and unexpected failures: one line, never a traceback
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            err.print(f"error: {exc.format_message()}", markup=False, soft_wrap=True)
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            err.print("error: aborted", markup=False)
+    except Exception as exc:  # usage errors of the argument parser and unexpected failures: one line, no traceback
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click/typer usage error
+            err.print(f"error: {exc.format_message()}", soft_wrap=True)
+            return int(exc.exit_code) or 2
+        if type(exc).__name__ == "Abort":
+            err.print("error: aborted")
             return 130
         if os.environ.get("MEDDEN_DEBUG"):
             raise
-        err.print(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                  f"rerun with MEDDEN_DEBUG=1 for a traceback", markup=False, soft_wrap=True)
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        err.print(f"error: internal error ({type(exc).__name__}: {text}); rerun with MEDDEN_DEBUG=1 for a traceback",
+                  soft_wrap=True)
         return 1
     return 0
 

@@ -31,7 +31,7 @@ def _base(modality: str, sop_class: str, study_uid: str, series_uid: str) -> Dat
 
 def write_series(folder: Path, values: np.ndarray, affine_lps: np.ndarray, *, modality: str = "CT",
                  slope: float = 1.0, intercept: float = -1024.0, dtype=np.int16, shuffle_seed: int | None = 0,
-                 series_uid: str | None = None, study_uid: str | None = None) -> list[Path]:
+                 series_uid: str | None = None, study_uid: str | None = None, prefix: str = "slice") -> list[Path]:
     """Write ``values`` ([i, j, k], physical units) as one file per slice; file names are shuffled against the
     slice order so that a reader sorting by name gets it wrong."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def write_series(folder: Path, values: np.ndarray, affine_lps: np.ndarray, *, mo
         ds.PixelRepresentation = int(np.issubdtype(dtype, np.signedinteger))
         ds.PixelData = stored.tobytes()
         ds["PixelData"].VR = "OW"
-        path = folder / f"slice_{names[k]:03d}.dcm"
+        path = folder / f"{prefix}_{names[k]:03d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths

@@ -105,7 +105,7 @@ def _bad_inputs(tmp_path, ct_values):
     paths[3].write_bytes(paths[3].read_bytes()[:-100])
     cases.append(("truncated dicom pixels", ["denoise", tmp_path / "trunc_px"], "pixel data"))
     write_series(tmp_path / "mixed", ct_values, oblique_affine_lps(), series_uid="1.2.3.9.1")
-    write_series(tmp_path / "mixed" / "b", ct_values, oblique_affine_lps(), series_uid="1.2.3.9.2")
+    write_series(tmp_path / "mixed", ct_values, oblique_affine_lps(), series_uid="1.2.3.9.2", prefix="other")
     cases.append(("mixed series", ["denoise", tmp_path / "mixed"], "holds 2 series"))
     paths = write_series(tmp_path / "gap", ct_values, oblique_affine_lps(), shuffle_seed=None)
     paths[4].unlink()
@@ -176,3 +176,17 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_usage_errors_and_internal_errors_are_one_line(capsys, monkeypatch, mr_nifti):
+    code, _, err = run(capsys, "denoise", mr_nifti, "--no-such-flag")
+    assert code == 2 and err.count("\n") == 1 and "no-such-flag" in err
+    import medden.cli
+
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(medden.cli.medden, "denoise", boom)
+    code, _, err = run(capsys, "denoise", mr_nifti, "-m", "gaussian", "-o", mr_nifti.with_name("x.nii.gz"))
+    assert code == 1 and err.count("\n") == 1 and "internal error (ZeroDivisionError" in err
+    assert not mr_nifti.with_name("x.nii.gz").exists()

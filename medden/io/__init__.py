@@ -6,6 +6,7 @@ the output path and writes through a temporary name, so a failure never leaves a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from medden.io import dicom, itk, nifti
 from medden.io.atomic import atomic_path, check_output_path
 from medden.volume import Volume
 
-__all__ = ["load_volume", "save_volume", "output_format", "default_output_path"]
+__all__ = ["load_volume", "save_volume", "output_format", "default_output_path", "sidecar_path"]
 
 
 def _suffix(path: Path) -> str:
@@ -99,7 +100,7 @@ def output_format(path: Path, like: Volume | None = None) -> str:
             raise OutputError(f"{path}: a single .dcm file can only be written for a multi-frame DICOM source; "
                               f"give a folder name to write a DICOM series")
         return "dicom"
-    if suffix == "":
+    if suffix == "" or suffix[1:].isdigit():  # no suffix, or a UID-like folder name such as 1.2.840.1
         return "dicom"
     raise OutputError(f"{path}: unknown output format '{suffix}' (use .nii.gz, .nii, .nrrd, .mha, .mhd or a folder "
                       f"name for a DICOM series)")
@@ -115,12 +116,21 @@ def default_output_path(source: Path, tag: str = "denoised") -> Path:
     return source.with_name(f"{stem}_{tag}{suffix}")
 
 
+def sidecar_path(path: Path) -> Path:
+    """The BIDS-style JSON sidecar of a NIfTI/ITK output: ``scan_denoised.nii.gz`` → ``scan_denoised.json``."""
+    suffix = _suffix(Path(path))
+    return Path(path).with_name(Path(path).name[: -len(suffix)] + ".json")
+
+
 def save_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = False,
-                description: str = "medden", protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+                description: str = "medden", protect: tuple[str | os.PathLike, ...] = (),
+                provenance: dict | None = None, anonymize: bool = False) -> Path:
     """Write ``volume`` to ``path`` atomically, in the format its suffix names (no suffix: a DICOM series folder).
 
     The volume's source file (``volume.meta['source_path']``) and every path in ``protect`` are never overwritten.
-    ``description`` goes into the DICOM SeriesDescription. Returns the path written.
+    ``description`` goes into the DICOM SeriesDescription. ``provenance`` (a JSON-ready record of what was done) is
+    written as a BIDS-style JSON sidecar beside NIfTI/NRRD/MHA outputs and into the DerivationDescription of DICOM
+    outputs; ``anonymize`` replaces patient identifiers in DICOM outputs. Returns the path written.
 
     Raises
     ------
@@ -133,7 +143,10 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = Fa
         inputs += (Path(volume.meta["source_path"]),)
     check_output_path(path, overwrite=overwrite, inputs=inputs)
     fmt = output_format(path, like=volume)
-    is_dir = fmt == "dicom" and _suffix(path) == ""
+    is_dir = fmt == "dicom" and _suffix(path) not in dicom.SUFFIXES
+    sidecar = sidecar_path(path) if provenance is not None and fmt != "dicom" else None
+    if sidecar is not None:
+        check_output_path(sidecar, overwrite=overwrite, inputs=inputs)
     try:
         with atomic_path(path, is_dir=is_dir) as tmp:
             if fmt == "nifti":
@@ -141,7 +154,10 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = Fa
             elif fmt == "itk":
                 itk.save_itk(volume, tmp)
             else:
-                dicom.save_dicom(volume, tmp, description=description)
+                dicom.save_dicom(volume, tmp, description=description, provenance=provenance, anonymize=anonymize)
+            if sidecar is not None:
+                with atomic_path(sidecar) as tmp_json:
+                    tmp_json.write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise

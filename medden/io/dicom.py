@@ -41,12 +41,14 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
-def scan_folder(folder: Path) -> dict[str, list[_Slice]]:
-    """Headers of every DICOM image file below ``folder``, grouped by SeriesInstanceUID."""
+def scan_folder(folder: Path, recursive: bool = True) -> dict[str, list[_Slice]]:
+    """Headers of every DICOM image file in (or below) ``folder``, grouped by SeriesInstanceUID."""
     import pydicom
 
     series: dict[str, list[_Slice]] = {}
-    for root, _dirs, files in os.walk(folder):
+    walk = os.walk(folder) if recursive else [(str(folder), [], [p.name for p in Path(folder).iterdir()
+                                                                 if p.is_file()])]
+    for root, _dirs, files in walk:
         for name in sorted(files):
             path = Path(root) / name
             if name.upper() == "DICOMDIR" or not is_dicom_file(path):
@@ -237,13 +239,17 @@ def _affine_lps(header, position, step, iop=None, pixel_spacing=None) -> np.ndar
 
 
 # ---------------------------------------------------------------------------------------------------------- writing
-def save_dicom(volume: Volume, path: Path, description: str = "medden") -> None:
+def save_dicom(volume: Volume, path: Path, description: str = "medden", provenance: dict | None = None,
+               anonymize: bool = False) -> None:
     """Write ``volume`` as a derived DICOM series into folder ``path`` (or one multi-frame file if ``path`` ends
     in .dcm and the source was multi-frame).
 
     The series gets a new SeriesInstanceUID and SOPInstanceUIDs, ImageType DERIVED\\SECONDARY, a SeriesDescription
     and a DerivationDescription that say what was done; patient and study identifiers and the per-slice geometry
-    of the source are kept. Pixel data are stored in the source's stored type with its rescale slope/intercept.
+    of the source are kept (``anonymize=True`` replaces the patient identifiers). Pixel data are stored in the
+    source's stored type with its rescale slope/intercept. ``provenance`` (a JSON-ready record) is appended to the
+    DerivationDescription; its optional ``dicom_derivation_code`` (value, scheme, meaning) fills
+    DerivationCodeSequence.
     """
     import pydicom.uid
 
@@ -252,9 +258,15 @@ def save_dicom(volume: Volume, path: Path, description: str = "medden") -> None:
         volume.affine_lps, volume.meta["source_affine_lps"], atol=1e-5)
     series_uid = pydicom.uid.generate_uid()
     derivation = "; ".join(volume.history) or "written by medden"
+    if provenance:
+        import json
+
+        derivation += " | " + json.dumps({k: v for k, v in provenance.items() if k != "dicom_derivation_code"},
+                                         separators=(",", ":"), default=str)
+    extras = {"code": (provenance or {}).get("dicom_derivation_code"), "anonymize": anonymize}
     if fmt == "dicom-multiframe" and same_geometry:
         if path.suffix.lower() in SUFFIXES:
-            _write_multiframe(volume, path, series_uid, derivation, description)
+            _write_multiframe(volume, path, series_uid, derivation, description, extras)
             return
     if fmt == "dicom-series" and same_geometry:
         headers = volume.meta["headers"]
@@ -268,7 +280,7 @@ def save_dicom(volume: Volume, path: Path, description: str = "medden") -> None:
         ds = copy.deepcopy(header)
         slope, inter = rescale[k]
         _set_pixels(ds, _to_stored(volume.data[:, :, k].T, slope, inter, np.dtype(dtypes[k])))
-        _mark_derived(ds, series_uid, derivation, description, stored=np.dtype(dtypes[k]))
+        _mark_derived(ds, series_uid, derivation, description, stored=np.dtype(dtypes[k]), **extras)
         ds.save_as(path / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
 
 
@@ -282,8 +294,20 @@ def _set_pixels(ds, stored: np.ndarray) -> None:
     ds["PixelData"].VR = "OB" if stored.dtype.itemsize == 1 else "OW"
 
 
-def _mark_derived(ds, series_uid: str, derivation: str, description: str, stored: np.dtype) -> None:
+_PATIENT_IDENTIFIERS = ("PatientBirthDate", "PatientBirthTime", "PatientAddress", "OtherPatientIDs",
+                        "OtherPatientNames", "PatientTelephoneNumbers", "PatientMotherBirthName", "MilitaryRank",
+                        "EthnicGroup", "PatientComments", "ReferringPhysicianName", "InstitutionName",
+                        "InstitutionAddress", "AccessionNumber", "OperatorsName", "PerformingPhysicianName")
+
+
+def _mark_derived(ds, series_uid: str, derivation: str, description: str, stored: np.dtype, code=None,
+                  anonymize: bool = False) -> None:
+    import hashlib
+
     import pydicom.uid
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
     from medden import __version__
 
     sop_uid = pydicom.uid.generate_uid()
@@ -307,9 +331,22 @@ def _mark_derived(ds, series_uid: str, derivation: str, description: str, stored
     for stale in ("SmallestImagePixelValue", "LargestImagePixelValue", "LossyImageCompression"):
         if stale in ds:
             delattr(ds, stale)
+    if code:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+        ds.DerivationCodeSequence = Sequence([item])
+    if anonymize:
+        pseudo = hashlib.sha256(str(ds.get("PatientID", "")).encode()).hexdigest()[:16]
+        ds.PatientName, ds.PatientID = "Anonymous", f"ANON-{pseudo}"
+        for key in _PATIENT_IDENTIFIERS:
+            if key in ds:
+                delattr(ds, key)
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = "medden --anonymize: patient identifiers removed"
 
 
-def _write_multiframe(volume: Volume, path: Path, series_uid: str, derivation: str, description: str) -> None:
+def _write_multiframe(volume: Volume, path: Path, series_uid: str, derivation: str, description: str,
+                      extras: dict) -> None:
     ds = copy.deepcopy(volume.meta["dataset"])
     order = volume.meta["frame_order"]
     dtype = np.dtype(volume.meta["stored_dtypes"][0])
@@ -318,7 +355,7 @@ def _write_multiframe(volume: Volume, path: Path, series_uid: str, derivation: s
         slope, inter = volume.meta["rescale"][frame_index]
         frames[frame_index] = _to_stored(volume.data[:, :, k].T, slope, inter, dtype)
     _set_pixels(ds, np.stack(frames))
-    _mark_derived(ds, series_uid, derivation, description, stored=dtype)
+    _mark_derived(ds, series_uid, derivation, description, stored=dtype, **extras)
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -6,7 +6,10 @@ from medden.errors import MeddenError
 from medden.volume import Volume
 from medden.io import load_volume, save_volume
 from medden.denoisers import denoise, list_methods
+from medden.metrics import evaluate
+from medden.noise import simulate
 
 __version__ = "0.1.0"
 
-__all__ = ["Volume", "MeddenError", "load_volume", "save_volume", "denoise", "list_methods", "__version__"]
+__all__ = ["Volume", "MeddenError", "load_volume", "save_volume", "denoise", "list_methods", "evaluate", "simulate",
+           "__version__"]

@@ -264,6 +264,89 @@ def methods(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
 
 
 # [train command]
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Training config (JSON, or YAML with PyYAML), or a folder of scans to "
+                                            "fine-tune on without clean references."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="supervised, n2n (paired noisy scans) or n2v (blind "
+                                                            "spot); default: the config's, n2v for a folder."),
+    modality: str = typer.Option("auto", "--modality", help="mr or ct (a folder: default from its first scan)."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Checkpoints and logs (resumable)."),
+    export: Optional[Path] = typer.Option(None, "--export", "-o", help="Weights file to write at the end."),
+    init: Optional[str] = typer.Option(None, "--init", help="Weights to start from; 'shipped' = the shipped model "
+                                                            "for the modality (default for a folder when present)."),
+    wall_minutes: Optional[float] = typer.Option(None, "--wall-minutes", help="Stop after this much training."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+) -> None:
+    """Train a deep denoiser (resumable), or fine-tune one on a folder of your own scans (`--mode n2v scans/`)."""
+    from medden.training import load_config, train as run_training, validate_config
+
+    overrides = {"mode": mode, "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+                 "export": str(export) if export else None, "wall_minutes": wall_minutes, "epochs": epochs,
+                 "device": device, "command": "medden train " + " ".join(sys.argv[2:])}
+    if init and init != "shipped":
+        overrides["init_weights"] = init
+    if config.is_dir():
+        cfg = validate_config(folder_config(config, mode or "n2v", modality, init, overrides), str(config))
+    else:
+        if modality != "auto":
+            overrides["modality"] = modality.upper()
+        if init == "shipped":
+            overrides["init_weights"] = str(_shipped_for(overrides.get("modality") or
+                                                         json.loads(config.read_text()).get("modality", "MR")))
+        cfg = load_config(config, **overrides)
+    medden.inference.resolve_device(cfg.device)
+    record = run_training(cfg, log=(lambda s: None) if quiet else out.print)
+    if not quiet:
+        out.print(f"trained {record['steps']} steps in {record['minutes']} min"
+                  + (f"; weights: {record['export']}" if record.get("export") else ""))
+
+
+def _shipped_for(modality: str) -> Path:
+    from medden.models import shipped_path
+
+    path = shipped_path("deep-ct" if str(modality).upper() == "CT" else "deep-mr")
+    if not path.is_file():
+        raise ParameterError(f"--init shipped: the shipped model {path.name} is not installed")
+    return path
+
+
+def folder_config(folder: Path, mode: str, modality: str, init: Optional[str], overrides: dict) -> dict:
+    """A self-supervised fine-tuning config for every scan in ``folder`` (files, or DICOM series sub-folders)."""
+    scans = sorted(p for p in folder.iterdir() if p.is_dir() or p.name.endswith((".nii", ".nii.gz", ".nrrd", ".mha",
+                                                                                   ".mhd", ".dcm")))
+    if not scans:
+        raise ParameterError(f"{folder} holds no scans (.nii, .nii.gz, .nrrd, .mha, DICOM)")
+    if mode == "supervised":
+        raise ParameterError("a folder of noisy scans trains self-supervised: use --mode n2v (or n2n with a config "
+                             "listing the pairs)")
+    if mode == "n2n":
+        raise ParameterError("--mode n2n needs pairs of scans: write a config whose data entries give 'pair'")
+    code = modality.strip().upper()
+    if code == "AUTO":
+        code = medden.load_volume(scans[0]).modality
+        if code not in ("MR", "CT"):
+            raise ParameterError(f"cannot tell whether {scans[0]} is MR or CT: give --modality mr or ct")
+    if code not in ("MR", "CT"):
+        raise ParameterError(f"--modality must be mr or ct for training, got {modality!r}")
+    name = f"finetuned_{code.lower()}_{mode}"
+    cfg = {"name": name, "modality": code, "mode": mode, "data": [{"path": str(p)} for p in scans],
+           "patch_size": [32, 32, 32], "batch_size": 8, "epochs": 20, "steps_per_epoch": 100,
+           "learning_rate": 2e-4, "network": {"features": [8, 16, 32, 64, 128, 8]},
+           "checkpoint_dir": str(Path(".medden_checkpoints") / name), "export": f"{name}.safetensors",
+           "noise": {"model": "lowdose-ct" if code == "CT" else "rician"}}
+    if init in (None, "shipped"):
+        try:
+            cfg["init_weights"] = str(_shipped_for(code))
+        except ParameterError:
+            if init == "shipped":
+                raise
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
+
+
 
 
 # [simulate command]

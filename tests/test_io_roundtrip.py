@@ -158,3 +158,19 @@ def test_modality_inferred_for_files_without_a_record(tmp_path, ct_values):
     ct, mr = load_volume(tmp_path / "ct.nii.gz"), load_volume(tmp_path / "mr.nii.gz")
     assert (ct.modality, mr.modality) == ("CT", "MR")
     assert "Hounsfield" in ct.meta["modality_source"]
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_values_outside_the_stored_type_are_not_clipped(tmp_path, suffix):
+    import nibabel as nib
+
+    src = tmp_path / f"u8{suffix}"
+    data = np.random.default_rng(0).integers(0, 256, (10, 10, 6)).astype(np.uint8)
+    if suffix == ".nii.gz":
+        nib.save(nib.Nifti1Image(data, np.eye(4)), src)
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(data.transpose(2, 1, 0)), str(src))
+    vol = load_volume(src)
+    noisy = vol.with_data(vol.data + 40.0)  # exceeds 255 in places
+    back = load_volume(save_volume(noisy, tmp_path / f"out{suffix}"))
+    np.testing.assert_allclose(back.data, noisy.data, atol=1e-4)

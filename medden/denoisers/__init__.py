@@ -9,6 +9,7 @@ import numpy as np
 from medden.denoisers.registry import DenoiserSpec, Param, default_method, get_method, list_methods, register
 from medden.errors import ParameterError
 from medden.inference import resolve_device
+from medden.noise.estimate import estimate_noise
 from medden.volume import Volume
 
 # One import line per family registers its methods.
@@ -21,11 +22,7 @@ __all__ = ["denoise", "list_methods", "get_method", "default_method", "register"
 
 def estimate_sigma(volume: Volume) -> float:
     """The noise standard deviation (volume units) that ``sigma='auto'`` uses, chosen by modality."""
-    from medden.noise import estimate
-
-    if hasattr(estimate, "estimate_noise"):
-        return float(estimate.estimate_noise(volume).sigma)
-    return estimate.sigma_wavelet_mad(volume.data)
+    return float(estimate_noise(volume).sigma)
 
 
 def denoise(volume: Volume, method: str = "auto", sigma: float | str = "auto", device: str = "auto",
@@ -57,26 +54,30 @@ def denoise(volume: Volume, method: str = "auto", sigma: float | str = "auto", d
     True
     """
     spec = default_method(volume.modality) if method in (None, "auto") else get_method(method)
-    if not spec.available:
-        get_method(spec.name).fn  # noqa: B018 - keep attribute access cheap; the call below raises the clear error
     resolved = spec.resolve_params(params)
     dev = resolve_device(device) if spec.gpu else "cpu"
+    extra: dict[str, Any] = {}
     if isinstance(sigma, str):
         if sigma.strip().lower() != "auto":
             raise ParameterError(f"sigma must be 'auto' or a number, got {sigma!r}")
-        sigma_value, sigma_source = estimate_sigma(volume), "estimated"
+        estimate = estimate_noise(volume)
+        sigma_value, sigma_source = float(estimate.sigma), f"estimated ({estimate.method})"
+        if spec.uses_noise_estimate:
+            extra["noise"] = estimate
     else:
         sigma_value, sigma_source = float(sigma), "given"
         if not np.isfinite(sigma_value) or sigma_value < 0:
             raise ParameterError(f"sigma must be a finite number ≥ 0, got {sigma!r}")
     start = time.perf_counter()
-    out = spec.fn(volume.data, sigma_value, spacing=volume.spacing, device=dev, **resolved)
+    out = spec.fn(volume.data, sigma_value, spacing=volume.spacing, device=dev, **extra, **resolved)
     seconds = time.perf_counter() - start
     out = np.asarray(out, dtype=np.float32)
     if out.shape != volume.shape:
         raise RuntimeError(f"denoiser {spec.name} returned shape {out.shape} for input {volume.shape}")
     record = {"method": spec.name, "params": resolved, "sigma": sigma_value, "sigma_source": sigma_source,
               "device": dev, "seconds": round(seconds, 3)}
+    if "noise" in extra and extra["noise"].nps is not None:
+        record["noise_psd"] = "CT noise power spectrum estimated from the scan"
     shown = ", ".join(f"{k}={v}" for k, v in resolved.items())
     step = f"denoised with medden {spec.name} (sigma={sigma_value:.4g} {sigma_source}{', ' + shown if shown else ''})"
     return volume.with_data(out, step=step, denoise=record)

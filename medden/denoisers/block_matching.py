@@ -23,32 +23,41 @@ def _installed(module: str):
 
 def _require(module: str):
     try:
-        return __import__(module)
+        imported = __import__(module)
     except ImportError:
         raise MissingDependencyError(f"method {module!r} {_EXTRA_HINT}") from None
+    if not hasattr(np, "trapz"):  # bm3d 4.0 / bm4d 4.2 call np.trapz (removed in NumPy 2.4) on the PSD path
+        np.trapz = np.trapezoid
+    return imported
 
 
-def _normalise(data: np.ndarray, sigma) -> tuple[np.ndarray, float, float, object]:
-    """Map the data to roughly [0, 1] (the packages' parameters are tuned for that range) and scale sigma alike."""
+def _normalise(data: np.ndarray, sigma, noise, shape) -> tuple[np.ndarray, float, float, object]:
+    """Map the data to roughly [0, 1] (the packages' parameters are tuned for that range) and scale the noise alike.
+
+    The noise is the packages' ``sigma_psd``: a white standard deviation, or — when ``noise`` (a
+    :class:`~medden.noise.estimate.NoiseEstimate`) carries a CT noise power spectrum — the PSD for ``shape`` in
+    their convention (unshifted FFT order, ``E|DFT(noise)|²``), which scales with the square of the data.
+    """
     lo, hi = np.percentile(data, [0.1, 99.9])
     scale = float(hi - lo) or 1.0
-    psd = np.asarray(sigma, dtype=np.float64)
-    if psd.ndim == 0:
-        scaled = float(psd) / scale
-    elif psd.shape == data.shape:  # a noise map: the packages take one level (or a PSD), use its median
-        scaled = float(np.median(psd)) / scale
-    else:  # a noise power spectrum in the packages' convention (|FFT|² units of the data)
-        scaled = psd / scale ** 2
-    return ((data - lo) / scale).astype(np.float32), float(lo), scale, scaled
+    if noise is not None and noise.nps is not None:
+        return ((data - lo) / scale).astype(np.float32), float(lo), scale, noise.sigma_psd(shape) / scale ** 2
+    return ((data - lo) / scale).astype(np.float32), float(lo), scale, _scalar(sigma) / scale
+
+
+def _scalar(sigma) -> float:
+    return float(np.median(sigma)) if np.ndim(sigma) else float(sigma)
 
 
 @register("bm4d", family="block matching", quality_rank=10, extra="bm", availability=_installed("bm4d"),
+          uses_noise_estimate=True,
           summary="BM4D: 3D block matching with collaborative filtering (reference implementation)",
           params=(Param("profile", "np", "", "BM4D profile", choices=("np", "refilter")),))
-def bm4d(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", profile="np") -> np.ndarray:
-    """BM4D on the whole volume. ``sigma`` is a white-noise standard deviation or a noise PSD of the data's shape."""
+def bm4d(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", profile="np", noise=None) -> np.ndarray:
+    """BM4D on the whole volume, with white noise ``sigma`` or, for CT with ``sigma='auto'``, the estimated noise
+    power spectrum (FBP noise is correlated: a white σ would leave its texture)."""
     module = _require("bm4d")
-    x, lo, scale, s = _normalise(data, sigma)
+    x, lo, scale, s = _normalise(data, sigma, noise, data.shape)
     if np.ndim(s) == 0 and s <= 0:
         return data.copy()
     out = module.bm4d(x, s, profile=profile)
@@ -56,16 +65,19 @@ def bm4d(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", prof
 
 
 @register("bm3d", family="block matching", quality_rank=20, extra="bm", availability=_installed("bm3d"),
+          uses_noise_estimate=True,
           summary="BM3D on each axial slice (reference implementation)",
           params=(Param("profile", "np", "", "BM3D profile", choices=("np", "refilter", "vn", "high", "deb")),))
-def bm3d(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", profile="np") -> np.ndarray:
-    """BM3D applied slice by slice along the third (usually axial) axis."""
+def bm3d(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", profile="np", noise=None) -> np.ndarray:
+    """BM3D applied slice by slice along the third (usually axial) axis; for CT with ``sigma='auto'`` each slice
+    gets the estimated axial noise power spectrum."""
     module = _require("bm3d")
-    x, lo, scale, s = _normalise(data, sigma)
+    if noise is not None and getattr(noise, "axial_axis", 2) != 2:
+        noise = None  # the NPS describes other planes than the slices BM3D filters: use the white level
+    x, lo, scale, s = _normalise(data, sigma, noise, data.shape[:2])
     if np.ndim(s) == 0 and s <= 0:
         return data.copy()
     out = np.empty_like(x)
     for k in range(x.shape[2]):
-        sk = s if np.ndim(s) == 0 else s[:, :, k] if np.ndim(s) == 3 else s
-        out[:, :, k] = module.bm3d(x[:, :, k], sk, profile=profile)
+        out[:, :, k] = module.bm3d(x[:, :, k], s, profile=profile)
     return (out * scale + lo).astype(np.float32)

@@ -60,6 +60,7 @@ class DenoiserSpec:
     gpu: bool = False
     extra: str | None = None  # pip extra needed (e.g. "bm"), or None
     quality_rank: int = 100  # lower is better; the default method is the best-ranked available one
+    uses_noise_estimate: bool = False  # fn takes ``noise=NoiseEstimate`` (e.g. a CT noise power spectrum)
     availability: Callable[[], bool] = field(default=lambda: True, repr=False)
 
     @property
@@ -85,7 +86,8 @@ _REGISTRY: dict[str, DenoiserSpec] = {}
 
 def register(name: str, *, family: str, summary: str, params: tuple[Param, ...] = (),
              modalities: tuple[str, ...] = ALL_MODALITIES, gpu: bool = False, extra: str | None = None,
-             quality_rank: int = 100, availability: Callable[[], bool] | None = None) -> Callable:
+             quality_rank: int = 100, uses_noise_estimate: bool = False,
+             availability: Callable[[], bool] | None = None) -> Callable:
     """Decorator registering a denoiser function under ``name``."""
 
     def wrap(fn: Callable) -> Callable:
@@ -93,7 +95,7 @@ def register(name: str, *, family: str, summary: str, params: tuple[Param, ...] 
             raise RuntimeError(f"denoiser {name!r} registered twice")
         _REGISTRY[name] = DenoiserSpec(name=name, fn=fn, family=family, summary=summary, params=params,
                                        modalities=modalities, gpu=gpu, extra=extra, quality_rank=quality_rank,
-                                       availability=availability or (lambda: True))
+                                       uses_noise_estimate=uses_noise_estimate, availability=availability or (lambda: True))
         return fn
 
     return wrap

@@ -7,6 +7,7 @@ import numpy as np
 
 from medden.errors import InputError
 from medden.io.checks import as_3d
+from medden.io.nifti import fits_integer
 from medden.volume import RAS_TO_LPS, Volume
 
 SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -50,13 +51,13 @@ def save_itk(volume: Volume, path: Path) -> None:
     if pixel_id != sitk.sitkFloat32:
         probe = sitk.Image([1, 1, 1], pixel_id)
         dtype = sitk.GetArrayViewFromImage(probe).dtype
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            stored = np.clip(np.rint(data), info.min, info.max).astype(dtype)
+        if np.issubdtype(dtype, np.integer) and fits_integer(data, dtype):
+            stored = np.rint(data).astype(dtype)
             img = sitk.GetImageFromArray(np.ascontiguousarray(stored))
             set_itk_geometry(img, volume.affine_lps)
-        else:
+        elif not np.issubdtype(dtype, np.integer):
             img = sitk.Cast(img, pixel_id)
+        # else: values outside the integer type's range stay float32 rather than being clipped
     for key, value in meta.get("itk_metadata", {}).items():
         img.SetMetaData(key, value)
     if volume.modality != "OT":

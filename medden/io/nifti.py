@@ -50,9 +50,10 @@ def save_nifti(volume: Volume, path: Path) -> None:
     slope = meta.get("scl_slope") or 1.0
     inter = meta.get("scl_inter") or 0.0
     data = volume.data
+    if np.issubdtype(dtype, np.integer) and not fits_integer(data, dtype, slope, inter):
+        dtype = np.dtype("float32")  # never clip silently: values outside the stored type's range promote to float
     if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        stored = np.clip(np.rint((data.astype(np.float64) - inter) / slope), info.min, info.max).astype(dtype)
+        stored = np.rint((data.astype(np.float64) - inter) / slope).astype(dtype)
     else:
         stored, slope, inter = data.astype(dtype), 1.0, 0.0
     img = nib.Nifti1Image(stored, volume.affine)
@@ -63,6 +64,14 @@ def save_nifti(volume: Volume, path: Path) -> None:
     img.header.set_xyzt_units(*(meta.get("xyzt_units") or ("mm", "sec")))
     img.header["descrip"] = (volume.history[-1] if volume.history else meta.get("descrip", ""))[:79].encode()
     nib.save(img, str(path))
+
+
+def fits_integer(data: np.ndarray, dtype: np.dtype, slope: float = 1.0, inter: float = 0.0) -> bool:
+    """True when ``(data - inter) / slope`` rounds into ``dtype``'s range."""
+    info = np.iinfo(dtype)
+    lo, hi = (float(data.min()) - inter) / slope, (float(data.max()) - inter) / slope
+    lo, hi = min(lo, hi), max(lo, hi)
+    return np.rint(lo) >= info.min and np.rint(hi) <= info.max
 
 
 def _read_sidecar(path: Path) -> dict:

@@ -287,6 +287,9 @@ def evaluate(reference: ArrayOrVolume, estimates: Mapping[str, ArrayOrVolume], n
         reference_roi_stats={r.name: roi_stats(ref, masks[r.name]) for r in roiset.rois},
         affine=reference.affine if isinstance(reference, Volume) else np.diag([*sp, 1.0]))
     result.reference_mtf = mtfs(ref, "the reference")
+    if result.reference_mtf and result.reference_mtf50 is None:
+        notes.append("the reference's MTF stays above 0.5 up to the Nyquist frequency (an ideal edge): "
+                     "MTF50 ratios are undefined")
     result.images["reference"] = ref
     if noisy_a is not None:
         result.noisy = measure("noisy", noisy_a)

@@ -177,8 +177,8 @@ def noise_power_spectrum(noise: ArrayOrVolume, mask: ArrayOrVolume | None = None
     f1 = np.fft.fftshift(np.fft.fftfreq(chosen, d1))
     fr = np.hypot(*np.meshgrid(f0, f1, indexing="ij"))
     df = 1.0 / (chosen * max(d0, d1))  # radial bin width: the coarser in-plane frequency step
-    nbins = int(np.floor(fr.max() / df)) + 1
     idx = np.floor(fr / df + 0.5).astype(int)
+    nbins = int(idx.max()) + 1
     counts = np.bincount(idx.ravel(), minlength=nbins)
     sums = np.bincount(idx.ravel(), weights=nps2d.ravel(), minlength=nbins)
     keep = counts > 0

@@ -1,8 +1,8 @@
 """Reports of an :class:`~medden.metrics.evaluate.EvaluationResult`: ``metrics.json``, ``report.html``,
 ``report.md`` and PNG figures in ``figures/``.
 
-The HTML has inline CSS and relative image links only, so it opens in a browser with no network. Figures use
-matplotlib's non-interactive "Agg" backend (no display needed).
+The HTML has inline CSS and relative image links only, so it opens in a browser with no network. Figures are drawn
+on matplotlib's non-interactive Agg canvas (no display needed, pyplot's backend untouched).
 """
 from __future__ import annotations
 
@@ -31,13 +31,14 @@ class ReportFiles:
     figures: tuple[Path, ...]
 
 
-def _pyplot():
-    import matplotlib
+def _subplots(nrows: int = 1, ncols: int = 1, **kw: Any):
+    """A figure and axes on matplotlib's Agg canvas, without pyplot: no display, no global backend switch (safe
+    inside notebooks)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    squeeze = kw.pop("squeeze", True)
+    fig = Figure(**kw)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def _view_axes(affine: np.ndarray | None) -> dict[str, int]:
@@ -59,7 +60,6 @@ def _slice(img: np.ndarray, axis: int, spacing: tuple[float, ...]) -> tuple[np.n
 
 
 def _fig_slices(result: EvaluationResult, path: Path, difference: bool) -> Path | None:
-    plt = _pyplot()
     names = [n for n in result.images if not (difference and n == "reference")]
     if not names:
         return None
@@ -73,7 +73,7 @@ def _fig_slices(result: EvaluationResult, path: Path, difference: bool) -> Path 
         vmax = vmax if vmax > vmin else vmin + 1.0
         cmap = "gray"
     axes_of = _view_axes(result.affine)
-    fig, axs = plt.subplots(3, len(names), figsize=(2.6 * len(names) + 0.8, 7.8), squeeze=False)
+    fig, axs = _subplots(3, len(names), figsize=(2.6 * len(names) + 0.8, 7.8), squeeze=False)
     im = None
     for r, (view, _) in enumerate(VIEWS):
         for c, name in enumerate(names):
@@ -91,7 +91,6 @@ def _fig_slices(result: EvaluationResult, path: Path, difference: bool) -> Path 
     fig.suptitle(("Difference to the reference" if difference else "Central slices")
                  + f", common window [{vmin:.4g}, {vmax:.4g}]", fontsize=10)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -99,8 +98,7 @@ def _fig_nps(result: EvaluationResult, path: Path) -> Path | None:
     curves = [(m.name, m.nps) for m in result.all_images() if m.nps is not None]
     if not curves:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     for name, nps in curves:
         ax.plot(nps.frequencies, nps.nps, label=f"{name} (σ={nps.noise_std:.3g}, peak {nps.peak_frequency:.2f}/mm)",
                 color="0.5" if name == "noisy" else None, lw=1.5)
@@ -111,7 +109,6 @@ def _fig_nps(result: EvaluationResult, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -119,8 +116,7 @@ def _fig_mtf(result: EvaluationResult, path: Path) -> Path | None:
     edge_names = list(result.reference_mtf) or sorted({k for m in result.all_images() for k in m.mtf})
     if not edge_names:
         return None
-    plt = _pyplot()
-    fig, axs = plt.subplots(1, len(edge_names), figsize=(5.5 * len(edge_names), 4), squeeze=False)
+    fig, axs = _subplots(1, len(edge_names), figsize=(5.5 * len(edge_names), 4), squeeze=False)
     for ax, edge in zip(axs[0], edge_names):
         entries = [("reference", result.reference_mtf.get(edge))] + [(m.name, m.mtf.get(edge))
                                                                       for m in result.all_images()]
@@ -140,19 +136,17 @@ def _fig_mtf(result: EvaluationResult, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
 def _fig_bars(result: EvaluationResult, folder: Path) -> list[Path]:
-    plt = _pyplot()
     rows = result.table()
     out = []
     for key, (unit, higher) in SCALARS.items():
         pairs = [(r["name"], r[key]) for r in rows if r.get(key) is not None and np.isfinite(r[key])]
         if not pairs:
             continue
-        fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(pairs) + 1.5), 3.2))
+        fig, ax = _subplots(figsize=(max(3.5, 0.9 * len(pairs) + 1.5), 3.2))
         names, vals = zip(*pairs)
         colors = ["0.6" if n == "noisy" else "C0" for n in names]
         ax.bar(range(len(vals)), vals, color=colors)
@@ -164,7 +158,6 @@ def _fig_bars(result: EvaluationResult, folder: Path) -> list[Path]:
         fig.tight_layout()
         p = folder / f"bar_{key}.png"
         fig.savefig(p, dpi=90)
-        plt.close(fig)
         out.append(p)
     return out
 

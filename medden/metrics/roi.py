@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -84,7 +84,8 @@ class Roi:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description (the rois.json form, a mask reduced to its voxel count)."""
-        d = {k: v for k, v in asdict(self).items() if v is not None and k != "mask"}
+        d = {f.name: getattr(self, f.name) for f in fields(self)
+             if f.name != "mask" and getattr(self, f.name) is not None}
         if self.mask is not None:
             d["voxels"] = int(np.count_nonzero(self.mask))
         return d

@@ -175,7 +175,7 @@ def ramp_filter(n: int, pitch_mm: float, window: str = "shepp-logan", cutoff: fl
 
 
 def fbp_parallel(sino: torch.Tensor, pitch_mm: float, shape: tuple[int, int], pixel_mm: tuple[float, float],
-                 window: str = "shepp-logan", cutoff: float = 1.0) -> torch.Tensor:
+                 window: str = "shepp-logan", cutoff: float = 1.0, slice_chunk: int = 16) -> torch.Tensor:
     """Filtered back projection of a 180° parallel sinogram ``[B, V, n]`` (views ``θ_m = π m/V``, centred channels)
     onto a ``[B, Nx, Ny]`` grid. Input line integrals give μ in mm⁻¹."""
     b, v, n = sino.shape
@@ -188,10 +188,14 @@ def fbp_parallel(sino: torch.Tensor, pitch_mm: float, shape: tuple[int, int], pi
     y = (torch.arange(ny, device=sino.device, dtype=torch.float32) - (ny - 1) / 2) * dy
     t_half = (n - 1) / 2 * pitch_mm
     out = torch.zeros((1, b, nx, ny), device=sino.device, dtype=torch.float32)
-    zeros = torch.zeros((nx, ny), device=sino.device, dtype=torch.float32)
+    grid = torch.zeros((1, nx, ny, 2), device=sino.device, dtype=torch.float32)  # second coordinate stays 0
+    u = grid[0, :, :, 0]
     for m in range(v):
         th = math.pi * m / v
-        u = (x[:, None] * math.cos(th) + y[None, :] * math.sin(th)) / t_half
-        grid = torch.stack((u, zeros), dim=-1)[None]
-        out += F.grid_sample(q[m].view(1, b, 1, n), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        torch.add((x * (math.cos(th) / t_half))[:, None], (y * (math.sin(th) / t_half))[None, :], out=u)
+        # a few slices at a time keep the accumulator in cache; the grid is shared by all of them
+        for c0 in range(0, b, slice_chunk):
+            qc = q[m, c0:c0 + slice_chunk]
+            out[:, c0:c0 + slice_chunk] += F.grid_sample(qc.view(1, -1, 1, n), grid, mode="bilinear",
+                                                         padding_mode="zeros", align_corners=True)
     return out[0] * (math.pi / v)

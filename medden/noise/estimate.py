@@ -7,6 +7,8 @@ are left out because they carry no noise.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from medden.errors import InputError
@@ -64,3 +66,353 @@ def sigma_wavelet_mad(data: np.ndarray, mask: np.ndarray | None = None) -> float
     if coeffs.size == 0:
         return 0.0
     return float(np.median(np.abs(coeffs)) / _MAD_TO_SIGMA)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Estimators that know the physics of a modality
+# ---------------------------------------------------------------------------------------------------------------------
+_RAYLEIGH_MEDIAN = 1.1774100225154747  # sqrt(2 ln 2): median of a Rayleigh(σ=1)
+
+
+def _corner_blocks(x: np.ndarray, fraction: float = 0.12) -> np.ndarray:
+    """The voxels of the eight corner blocks (``fraction`` of each axis), where a head or body scan has background."""
+    n = [max(2, int(round(s * fraction))) for s in x.shape]
+    parts = [x[sl0, sl1, sl2] for sl0 in (slice(0, n[0]), slice(-n[0], None))
+             for sl1 in (slice(0, n[1]), slice(-n[1], None)) for sl2 in (slice(0, n[2]), slice(-n[2], None))]
+    return np.concatenate([p.ravel() for p in parts])
+
+
+def background_is_zeroed(data: np.ndarray) -> bool:
+    """True when most background (corner) voxels are exactly 0, as after skull stripping or masking."""
+    corners = _corner_blocks(np.asarray(data))
+    return bool(np.mean(corners == 0) > 0.5)
+
+
+def sigma_rician_background(data: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """σ of magnitude-MR noise from the signal-free background, where the Rician distribution becomes Rayleigh.
+
+    The background magnitude is Rayleigh with median ``σ·√(2 ln 2)``, so ``σ = median / 1.1774`` (the Rician
+    correction for zero signal: the magnitude's mean or median overstates nothing but is not σ itself; Gudbjartsson &
+    Patz 1995, Sijbers et al. 2007). Background is ``mask`` if given, else the eight 12 % corner blocks; exact zeros
+    (masked voxels) and voxels above 5 σ (anatomy or ghosts reaching the corners) are left out, iterating twice.
+
+    Returns
+    -------
+    float
+        σ in data units (per real/imaginary channel).
+    """
+    x = np.asarray(data, dtype=np.float32)
+    if x.ndim != 3:
+        raise InputError(f"noise estimation needs a 3D array, got shape {x.shape}")
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != x.shape:
+            raise InputError(f"mask shape {m.shape} differs from data shape {x.shape}")
+        values = x[m]
+    else:
+        values = _corner_blocks(x)
+    values = values[values > 0]
+    if values.size < 100:
+        raise InputError("too few non-zero background voxels to estimate Rician noise (is the background masked?)")
+    sigma = float(np.median(values)) / _RAYLEIGH_MEDIAN
+    for _ in range(2):
+        kept = values[values <= 5 * sigma]
+        if kept.size < 100:
+            break
+        sigma = float(np.median(kept)) / _RAYLEIGH_MEDIAN
+    return sigma
+
+
+def _axial_window(spacing: tuple[float, float, float] | None, window_mm: float) -> tuple[int, int, int]:
+    sp = spacing or (1.0, 1.0, 1.0)
+    return tuple(max(5, int(round(window_mm / s)) // 2 * 2 + 1) for s in sp[:2]) + (1,)  # type: ignore[return-value]
+
+
+def _mode(values: np.ndarray, upper: float, bins: int = 200) -> float:
+    """Mode of ``values`` in ``[0, upper]`` from a lightly smoothed histogram (robust to a tail of edge windows)."""
+    from scipy import ndimage
+
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, upper))
+    hist = ndimage.gaussian_filter1d(hist.astype(np.float64), 2.0)
+    k = int(np.argmax(hist))
+    return float(0.5 * (edges[k] + edges[k + 1]))
+
+
+def ct_noise_map(data: np.ndarray, spacing: tuple[float, float, float] | None = None, window_mm: float = 10.0,
+                 hu_range: tuple[float, float] = (-100.0, 200.0), mask: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, float]:
+    """Local noise standard deviation of a CT scan, measured in homogeneous soft tissue and spread across the body.
+
+    Following the global-noise method of Christianson et al. (Radiology 2015): the standard deviation in a sliding
+    in-plane window (``window_mm`` wide, one slice thick) is taken only where the window's mean and the voxel lie in
+    ``hu_range`` (soft tissue, water) and holds no edge (the means of the window's halves, one window apart, agree
+    within three standard errors; the local value stays below 2.5 × the median). The global level is the
+    mode of those local values (windows that straddle an edge only add a tail above it); the map is their normalised Gaussian smoothing (≈ 3 windows wide), so regions
+    without soft tissue (air, bone, lung) take the level of the nearest tissue.
+
+    Parameters
+    ----------
+    data : ``(X, Y, Z)`` in HU, axial slices along the last axis.
+    spacing : voxel size in mm (default 1 mm).
+    window_mm : side of the square in-plane window.
+    hu_range : HU limits of the homogeneous tissue used.
+    mask : optional boolean mask restricting the measurement (e.g. a water ROI).
+
+    Returns
+    -------
+    (noise_map, sigma)
+        ``noise_map``: float32 array of the data's shape, in HU; ``sigma``: the global level in HU.
+    """
+    from scipy import ndimage
+
+    x = np.asarray(data, dtype=np.float32)
+    if x.ndim != 3:
+        raise InputError(f"a CT noise map needs a 3D array, got shape {x.shape}")
+    size = _axial_window(spacing, window_mm)
+    mean = ndimage.uniform_filter(x, size=size, mode="reflect")
+    sq = ndimage.uniform_filter(x * x, size=size, mode="reflect")
+    n = size[0] * size[1]
+    local = np.sqrt(np.clip(sq - mean * mean, 0, None) * (n / (n - 1)))
+    lo, hi = hu_range
+    use = (mean >= lo) & (mean <= hi) & (x >= lo - 300) & (x <= hi + 300) & (local > 0)
+    # a window straddling an edge shows a step between the means of its two halves; pure noise keeps that step
+    # within ~3 standard errors (the mean of n voxels varies by local/√n)
+    for axis, h in ((0, size[0] // 2), (1, size[1] // 2)):
+        step = np.abs(np.roll(mean, -h, axis=axis) - np.roll(mean, h, axis=axis))
+        use &= step <= 3.0 * np.sqrt(2.0 / n) * local
+    if mask is not None:
+        use &= np.asarray(mask, dtype=bool)
+    if use.sum() < 10 * n:
+        raise InputError(f"too little homogeneous tissue between {lo:g} and {hi:g} HU to measure CT noise "
+                         "(is the volume in HU?)")
+    sigma = float(np.median(local[use]))
+    use &= local <= 2.5 * sigma
+    sigma = _mode(local[use], upper=2.5 * sigma)
+    smooth = [3 * s / 2.355 for s in size[:2]] + [1.0]
+    weight = ndimage.gaussian_filter(use.astype(np.float32), smooth)
+    level = ndimage.gaussian_filter(np.where(use, local, 0).astype(np.float32), smooth)
+    noise_map = np.where(weight > 0.05, level / np.maximum(weight, 1e-6), sigma).astype(np.float32)
+    return noise_map, sigma
+
+
+def poisson_gaussian_params(data: np.ndarray, mask: np.ndarray | None = None, bins: int = 24) -> tuple[float, float]:
+    """Parameters ``(a, b)`` of signal-dependent noise with variance ``a·mean + b`` (Poisson–Gaussian).
+
+    Each 2×2×2 block gives a local mean (its average) and a noise sample (its finest Haar HHH coefficient, blind to
+    any locally linear signal). Blocks are grouped in ``bins`` quantile bins of the mean; each bin's variance is the
+    squared robust MAD estimate, and a weighted least-squares line through (mean, variance) gives ``a`` and ``b``
+    (in the spirit of Foi et al., IEEE TIP 2008). For :func:`medden.noise.poisson_gaussian` noise,
+    ``a = 1 / counts_per_unit`` and ``b = sigma²``.
+
+    Returns
+    -------
+    (a, b)
+        ``a`` in data units (variance per unit mean), ``b`` in data units squared (may be slightly negative when the
+        electronic noise is negligible).
+    """
+    x = np.asarray(data, dtype=np.float32)
+    if x.ndim != 3:
+        raise InputError(f"noise estimation needs a 3D array, got shape {x.shape}")
+    hhh, informative = haar_hhh(x)
+    n0, n1, n2 = hhh.shape
+    means = x[: 2 * n0, : 2 * n1, : 2 * n2].reshape(n0, 2, n1, 2, n2, 2).mean(axis=(1, 3, 5))
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != x.shape:
+            raise InputError(f"mask shape {m.shape} differs from data shape {x.shape}")
+        informative &= m[: 2 * n0, : 2 * n1, : 2 * n2].reshape(n0, 2, n1, 2, n2, 2).all(axis=(1, 3, 5))
+    mu, d = means[informative], hhh[informative]
+    if mu.size < 50 * bins:
+        raise InputError("too few informative voxels to fit a variance-against-mean line")
+    edges = np.unique(np.quantile(mu, np.linspace(0, 1, bins + 1)))
+    idx = np.clip(np.searchsorted(edges, mu, side="right") - 1, 0, len(edges) - 2)
+    level, var, weight = [], [], []
+    for k in range(len(edges) - 1):
+        sel = idx == k
+        if sel.sum() < 50:
+            continue
+        level.append(float(np.median(mu[sel])))
+        var.append(float(np.median(np.abs(d[sel])) / _MAD_TO_SIGMA) ** 2)
+        weight.append(float(sel.sum()))
+    if len(level) < 2 or np.ptp(level) == 0:
+        raise InputError("the data hold a single intensity level: cannot separate signal-dependent noise")
+    w = np.sqrt(np.asarray(weight)) / np.maximum(np.asarray(var), 1e-12)  # weight ~ 1/sd(var estimate)
+    design = np.stack([np.asarray(level), np.ones(len(level))], axis=1)
+    a, b = np.linalg.lstsq(design * w[:, None], np.asarray(var) * w, rcond=None)[0]
+    return float(a), float(b)
+
+
+@dataclass(frozen=True)
+class NoisePowerSpectrum:
+    """A 2D axial noise power spectrum.
+
+    ``values`` is ``[n, n]`` in HU²·mm², **centred** (``np.fft.fftshift`` order: zero frequency at ``[n//2, n//2]``),
+    with frequencies ``freqs_x``/``freqs_y`` in cycles/mm (also centred). ``∑ values · Δf_x · Δf_y`` is the noise
+    variance. Axes are those of the volume's axial plane (i, j) after the axial axis was moved last.
+    """
+
+    values: np.ndarray
+    freqs_x: np.ndarray
+    freqs_y: np.ndarray
+    pixel_mm: tuple[float, float]
+    n_rois: int
+
+    @property
+    def variance(self) -> float:
+        """∫ NPS df: the noise variance (HU²) the spectrum accounts for."""
+        return float(self.values.sum() * abs(self.freqs_x[1] - self.freqs_x[0]) * abs(self.freqs_y[1] - self.freqs_y[0]))
+
+    def radial(self, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Radially averaged NPS: ``(f, nps)`` with ``f`` in cycles/mm from 0 to the smaller Nyquist frequency."""
+        fx, fy = np.meshgrid(self.freqs_x, self.freqs_y, indexing="ij")
+        fr = np.hypot(fx, fy)
+        nyq = min(abs(self.freqs_x).max(), abs(self.freqs_y).max())
+        n_bins = n_bins or self.values.shape[0] // 2
+        edges = np.linspace(0, nyq, n_bins + 1)
+        idx = np.digitize(fr.ravel(), edges) - 1
+        ok = (idx >= 0) & (idx < n_bins)
+        total = np.bincount(idx[ok], self.values.ravel()[ok], n_bins)
+        count = np.bincount(idx[ok], minlength=n_bins)
+        return 0.5 * (edges[1:] + edges[:-1]), total / np.maximum(count, 1)
+
+
+def ct_nps(data: np.ndarray, spacing: tuple[float, float, float] | None = None, roi_size: int = 64,
+           mask: np.ndarray | None = None, reference: np.ndarray | None = None,
+           hu_range: tuple[float, float] = (-100.0, 200.0)) -> NoisePowerSpectrum:
+    """Axial noise power spectrum of a CT scan from square ROIs in homogeneous regions (IEC 62220-1 style).
+
+    ``NPS(f) = Δx·Δy / (n²) · ⟨|DFT₂(ROI − fit)|²⟩`` over ROIs of ``roi_size``² pixels, each with its mean plane
+    (first-order fit) removed. ROIs tile every axial slice without overlap and are kept where all their pixels lie in
+    ``mask`` (default: ``hu_range``, after a 5-pixel erosion so edges are avoided). With ``reference`` (the noise-free
+    or full-dose volume) the difference ``data − reference`` is analysed instead, which removes anatomy entirely.
+
+    Returns
+    -------
+    NoisePowerSpectrum
+    """
+    from scipy import ndimage
+
+    x = np.asarray(data, dtype=np.float32)
+    if x.ndim != 3:
+        raise InputError(f"an NPS needs a 3D array, got shape {x.shape}")
+    sp = spacing or (1.0, 1.0, 1.0)
+    if mask is None:
+        lo, hi = hu_range
+        smooth = ndimage.uniform_filter(x, size=(5, 5, 1))
+        mask = ndimage.binary_erosion((smooth >= lo) & (smooth <= hi), np.ones((11, 11, 1), bool))
+    else:
+        mask = np.asarray(mask, dtype=bool)
+    noise = x - np.asarray(reference, dtype=np.float32) if reference is not None else x
+    for size in (roi_size, roi_size // 2):
+        rois = []
+        for k in range(x.shape[2]):
+            for i in range(0, x.shape[0] - size + 1, size):
+                for j in range(0, x.shape[1] - size + 1, size):
+                    if mask[i:i + size, j:j + size, k].all():
+                        rois.append(noise[i:i + size, j:j + size, k])
+        if len(rois) >= 4 or size < 32:
+            break
+    if len(rois) < 1:
+        raise InputError(f"no {roi_size // 2}-pixel square of homogeneous tissue to measure the noise power spectrum")
+    stack = np.stack(rois).astype(np.float64)
+    ii, jj = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    design = np.stack([np.ones(size * size), ii.ravel(), jj.ravel()], axis=1)
+    coef, *_ = np.linalg.lstsq(design, stack.reshape(len(rois), -1).T, rcond=None)
+    detrended = stack - (design @ coef).T.reshape(stack.shape)
+    power = np.mean(np.abs(np.fft.fft2(detrended)) ** 2, axis=0) * sp[0] * sp[1] / (size * size)
+    return NoisePowerSpectrum(values=np.fft.fftshift(power).astype(np.float64),
+                              freqs_x=np.fft.fftshift(np.fft.fftfreq(size, sp[0])),
+                              freqs_y=np.fft.fftshift(np.fft.fftfreq(size, sp[1])),
+                              pixel_mm=(float(sp[0]), float(sp[1])), n_rois=len(rois))
+
+
+def nps_to_sigma_psd(nps: NoisePowerSpectrum, shape: tuple[int, ...], axial_axis: int = 2) -> np.ndarray:
+    """The NPS as the ``sigma_psd`` argument of ``bm3d.bm3d`` (2D ``shape``) or ``bm4d.bm4d`` (3D ``shape``).
+
+    Both packages take the noise PSD as an array of the image's shape in **unshifted** FFT order (index 0 = zero
+    frequency), scaled as ``E|DFT(noise)|²`` so that white noise of σ reads ``σ² · image.size``. The NPS is
+    interpolated (bilinearly, centred) to the image's frequencies and scaled by ``M·N / (Δx·Δy)``; in 3D it is
+    repeated along ``axial_axis`` (noise taken as uncorrelated between slices) and multiplied by the slice count.
+    The image must have the NPS's pixel size.
+    """
+    from scipy.interpolate import RegularGridInterpolator
+
+    if len(shape) not in (2, 3):
+        raise InputError(f"sigma_psd is for a 2D or 3D image, got shape {shape}")
+    if len(shape) == 3:
+        plane = tuple(s for a, s in enumerate(shape) if a != axial_axis)
+    else:
+        plane = tuple(shape)
+    dx, dy = nps.pixel_mm
+    fx, fy = np.fft.fftfreq(plane[0], dx), np.fft.fftfreq(plane[1], dy)
+    interp = RegularGridInterpolator((nps.freqs_x, nps.freqs_y), nps.values, bounds_error=False, fill_value=None)
+    gx, gy = np.meshgrid(fx, fy, indexing="ij")
+    psd = np.clip(interp(np.stack([gx, gy], -1)), 0, None) * plane[0] * plane[1] / (dx * dy)
+    if len(shape) == 2:
+        return psd.astype(np.float64)
+    psd3 = np.expand_dims(psd, axial_axis) * shape[axial_axis]
+    return np.broadcast_to(psd3, shape).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """The noise level of a volume as :func:`estimate_noise` found it.
+
+    ``sigma``: a global standard deviation in the volume's units; ``method``: the estimator used; ``noise_map``: an
+    optional array of the volume's shape (local σ, e.g. CT); ``nps``: an optional axial noise power spectrum (CT),
+    whose :meth:`sigma_psd` gives bm3d/bm4d their ``sigma_psd``.
+    """
+
+    sigma: float
+    method: str
+    noise_map: np.ndarray | None = None
+    nps: NoisePowerSpectrum | None = None
+    axial_axis: int = 2
+
+    def sigma_psd(self, shape: tuple[int, ...]) -> np.ndarray | float:
+        """``sigma_psd`` for bm3d (2D ``shape``) / bm4d (3D ``shape``): the NPS when known, else ``sigma``.
+
+        The NPS is rescaled so its total variance equals ``sigma²`` (the ROI-based spectrum carries the texture, the
+        tissue-wide estimate the level)."""
+        if self.nps is None:
+            return self.sigma
+        psd = nps_to_sigma_psd(self.nps, shape, self.axial_axis)
+        return psd * (self.sigma ** 2 / max(self.nps.variance, 1e-12))
+
+
+def estimate_noise(volume) -> NoiseEstimate:
+    """The noise level of ``volume`` by the estimator that suits its modality.
+
+    * MR: :func:`sigma_rician_background` when the background holds noise, else :func:`sigma_wavelet_mad` on the
+      non-zero voxels (a zeroed background carries no noise).
+    * CT: :func:`ct_noise_map` (local standard deviation in homogeneous soft tissue; FBP noise is correlated, so the
+      finest wavelet band would underestimate it) and, where room allows, :func:`ct_nps` for bm3d/bm4d.
+    * Others: :func:`sigma_wavelet_mad`.
+
+    Parameters
+    ----------
+    volume : a :class:`medden.volume.Volume`.
+    """
+    data = volume.data
+    if volume.modality == "MR":
+        if background_is_zeroed(data):
+            return NoiseEstimate(sigma_wavelet_mad(data, mask=data > 0), "wavelet-mad-foreground")
+        try:
+            return NoiseEstimate(sigma_rician_background(data), "rician-background")
+        except InputError:  # no air around the object (a crop): the finest wavelet band still measures the noise
+            return NoiseEstimate(sigma_wavelet_mad(data), "wavelet-mad")
+    if volume.modality == "CT":
+        axis = int(np.argmax(np.abs(volume.direction[2, :])))
+        axial = np.moveaxis(data, axis, 2)
+        spacing = tuple(volume.spacing[a] for a in [a for a in range(3) if a != axis] + [axis])
+        try:
+            noise_map, sigma = ct_noise_map(axial, spacing)
+        except InputError:  # no soft tissue in range: fall back to the generic estimate
+            return NoiseEstimate(sigma_wavelet_mad(data), "wavelet-mad")
+        try:
+            nps = ct_nps(axial, spacing, roi_size=32)
+        except InputError:
+            nps = None
+        return NoiseEstimate(sigma, "ct-local-std", noise_map=np.moveaxis(noise_map, 2, axis), nps=nps,
+                             axial_axis=axis)
+    return NoiseEstimate(sigma_wavelet_mad(data), "wavelet-mad")

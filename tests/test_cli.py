@@ -136,7 +136,7 @@ def _bad_inputs(tmp_path, ct_values):
     cases.append(("unknown parameter", ["denoise", good, "-o", tmp_path / "b.nii.gz", "-m", "tv", "-p", "strength=2"],
                   "has no parameter 'strength'"))
     cases.append(("bad parameter value", ["denoise", good, "-o", tmp_path / "c.nii.gz", "-m", "tv", "-p",
-                                          "iterations=many"], "needs a int"))
+                                          "iterations=many"], "needs an integer"))
     cases.append(("bad sigma", ["denoise", good, "-o", tmp_path / "d.nii.gz", "--sigma", "loud"], "--sigma"))
     cases.append(("unknown format", ["denoise", good, "-o", tmp_path / "e.png"], "unknown output format"))
     return cases

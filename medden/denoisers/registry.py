@@ -41,7 +41,9 @@ class Param:
             elif self.default is not None and not isinstance(value, kind):
                 value = kind(value)
         except (TypeError, ValueError):
-            raise ParameterError(f"parameter {self.name!r} needs a {kind.__name__}, got {value!r}") from None
+            what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a text"}.get(
+                kind.__name__, kind.__name__)
+            raise ParameterError(f"parameter {self.name!r} needs {what}, got {value!r}") from None
         if self.choices is not None and value not in self.choices:
             raise ParameterError(f"parameter {self.name!r} must be one of {list(self.choices)}, got {value!r}")
         return value

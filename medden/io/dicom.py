@@ -56,7 +56,7 @@ def scan_folder(folder: Path, recursive: bool = True) -> dict[str, list[_Slice]]
             try:
                 header = pydicom.dcmread(path, stop_before_pixels=True)
             except Exception as exc:  # truncated or corrupt header
-                raise InputError(f"cannot read DICOM file {path}: {str(exc).splitlines()[0][:160]}") from None
+                raise InputError(f"cannot read DICOM file {path}: {_first_sentence(exc)}") from None
             if "Rows" not in header or "Columns" not in header:
                 sop = header.get("SOPClassUID")
                 if sop is None or "Image" in getattr(sop, "name", ""):
@@ -85,7 +85,7 @@ def load_dicom(path: Path, series_uid: str | None = None) -> Volume:
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:
-            raise InputError(f"cannot read DICOM file {path}: {str(exc).splitlines()[0][:160]}") from None
+            raise InputError(f"cannot read DICOM file {path}: {_first_sentence(exc)}") from None
         if int(header.get("NumberOfFrames", 1) or 1) > 1:
             return _load_multiframe(path)
         raise InputError(f"{path} is a single 2D DICOM slice; pass the folder that holds the whole series")
@@ -136,7 +136,7 @@ def _load_classic(folder: Path, slices: list[_Slice]) -> Volume:
             ds = pydicom.dcmread(s.path)
             pixels = ds.pixel_array
         except Exception as exc:
-            raise InputError(f"cannot decode pixel data of {s.path}: {str(exc).splitlines()[0][:160]}") from None
+            raise InputError(f"cannot decode pixel data of {s.path}: {_first_sentence(exc)}") from None
         if pixels.shape != (first.Rows, first.Columns):
             raise InputError(f"{s.path}: pixel data shape {pixels.shape} does not match Rows×Columns")
         slope, inter = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
@@ -161,7 +161,7 @@ def _load_multiframe(path: Path) -> Volume:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
     except Exception as exc:
-        raise InputError(f"cannot read multi-frame DICOM {path}: {str(exc).splitlines()[0][:160]}") from None
+        raise InputError(f"cannot read multi-frame DICOM {path}: {_first_sentence(exc)}") from None
     n = int(ds.NumberOfFrames)
     shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -198,6 +198,12 @@ def _load_multiframe(path: Path) -> Volume:
             "rescale": rescale, "stored_dtypes": [stored_dtype], "series_uid": str(ds.get("SeriesInstanceUID", "")),
             "source_affine_lps": affine}
     return Volume(data, RAS_TO_LPS @ affine, modality=str(ds.get("Modality", "OT")), meta=meta)
+
+
+def _first_sentence(exc: Exception) -> str:
+    """The first sentence of a library's error message (pydicom's run on over several clauses)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(" - ")[0].split("; ")[0][:200]
 
 
 def _floats(values) -> np.ndarray:

@@ -105,3 +105,16 @@ def test_real_mr_with_added_noise(fraction):
     est = sigma_wavelet_mad(volume.data, mask=head)
     noisy = sigma_wavelet_mad(gaussian(volume.data, sigma=sigma_add, generator=7), mask=head)
     assert np.sqrt(noisy ** 2 - est ** 2) == pytest.approx(sigma_add, rel=0.10)
+
+
+def test_crop_without_air_does_not_take_tissue_for_background():
+    """A tight crop's corners are tissue: the Rician background estimate must not be used (it read 15× too high)."""
+    import medden
+    from medden.samples import sample_path
+
+    vol = medden.load_volume(sample_path("mr"))
+    crop = medden.Volume(vol.data[29:125, 56:152, 12:20], vol.affine, modality="MR")
+    noisy = medden.simulate(crop, "rician", sigma=30.0, seed=0)
+    est = estimate_noise(noisy)
+    assert est.method != "rician-background"
+    assert est.sigma == pytest.approx(np.hypot(30.0, estimate_noise(crop).sigma), rel=0.15)

@@ -53,7 +53,7 @@ def _centre_weight(sd: float, truncate: float = 4.0) -> float:
 
 @register("tv", family="classical", quality_rank=40, gpu=True,
           summary="3D total-variation denoising (Chambolle–Pock), gradient in mm so anisotropic voxels are handled",
-          params=(Param("weight", 1.0, "× sigma·mm", "regularisation λ = weight · sigma · (mean spacing)"),
+          params=(Param("weight", 1.0, "× sigma·mm", "regularisation λ = weight · sigma · (smallest spacing)"),
                   Param("iterations", 100, "", "primal-dual iterations")))
 def tv(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", weight=1.0, iterations=100) -> np.ndarray:
     """Solve ``min_u ½‖u − f‖² + λ Σ |∇u|`` (isotropic TV, forward differences divided by the voxel size in mm)
@@ -64,7 +64,9 @@ def tv(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", weight
     if s <= 0:
         return data.copy()
     h = torch.tensor(spacing, dtype=torch.float32, device=device)
-    lam = float(weight * s * float(np.mean(spacing)))
+    # λ in HU·mm: with the smallest spacing the in-plane smoothing equals voxel-wise TV, and thick slices (larger
+    # spacing, smaller gradients in mm) are smoothed less across, not more in-plane
+    lam = float(weight * s * float(np.min(spacing)))
     f = torch.as_tensor(data, dtype=torch.float32, device=device)
 
     def grad(u):

@@ -101,7 +101,7 @@ def tv(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", weight
     return u.cpu().numpy().astype(np.float32)
 
 
-@register("nlm", family="classical", quality_rank=30,
+@register("nlm", family="classical", quality_rank=35,
           summary="3D non-local means (scikit-image, fast mode)",
           params=(Param("patch_size", 3, "voxels", "side of the compared patches"),
                   Param("patch_distance", 3, "voxels", "search radius"),
@@ -119,7 +119,7 @@ def nlm(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", patch
     return out.astype(np.float32)
 
 
-@register("wavelet", family="classical", quality_rank=50,
+@register("wavelet", family="classical", quality_rank=30,
           summary="3D wavelet shrinkage (BayesShrink, soft thresholds, db2)",
           params=(Param("wavelet", "db2", "", "PyWavelets wavelet name"),
                   Param("mode", "soft", "", "thresholding", choices=("soft", "hard")),

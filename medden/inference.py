@@ -18,3 +18,136 @@ def resolve_device(device: str = "auto") -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ParameterError("--device cuda was requested but no CUDA GPU is available (use --device cpu or auto)")
     return device
+
+
+# -- networks on volumes: sliding window, memory budget, autocast ------------------------------------------------------
+
+#: Bytes of working memory per window voxel for a network call (activations of the 16-feature conditioned U-Net in
+#: inference, measured on CPU, with headroom); scales the window to the free memory.
+BYTES_PER_WINDOW_VOXEL = 600
+#: Cap of the memory a CPU run may use for windows, whatever is free (the target is < 4 GB in all for a 512×512×600 CT).
+CPU_WINDOW_BUDGET = 1.5e9
+
+
+def free_memory(device: str) -> int:
+    """Bytes free on ``device`` (CUDA: ``mem_get_info``; CPU: available system memory)."""
+    import torch
+
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with MONAI's dependencies on our machines
+        return int(4e9)
+
+
+def choose_window(shape: tuple[int, ...], device: str, multiple: int = 16, max_side: int | None = None
+                  ) -> tuple[tuple[int, int, int], int]:
+    """A sliding-window size (multiples of ``multiple``) and batch size that fit the free memory of ``device``.
+
+    On CPU the window is kept at most 128 voxels a side (larger windows no longer run faster there) and the budget
+    at :data:`CPU_WINDOW_BUDGET`; on a GPU half the free memory is used, windows up to 192 and batches up to 8.
+    """
+    gpu = device.startswith("cuda")
+    budget = 0.5 * free_memory(device) if gpu else min(CPU_WINDOW_BUDGET, 0.4 * free_memory(device))
+    side = max_side or (192 if gpu else 128)
+    while side > multiple and side ** 3 * BYTES_PER_WINDOW_VOXEL > budget:
+        side -= multiple
+    roi = tuple(int(min(side, -(-n // multiple) * multiple)) for n in shape)
+    per_window = max(1, roi[0] * roi[1] * roi[2] * BYTES_PER_WINDOW_VOXEL)
+    batch = int(max(1, min(8 if gpu else 1, budget // per_window)))
+    return roi, batch  # type: ignore[return-value]
+
+
+def autocast_dtype(device: str, precision: str = "auto"):
+    """The autocast dtype for ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``) on ``device``, or None for fp32.
+
+    ``auto``: bf16 on a GPU that supports it (fp16 otherwise) and on a CPU with native bf16 (AMX / AVX-512 BF16),
+    fp32 elsewhere."""
+    import torch
+
+    precision = (precision or "auto").lower()
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ParameterError(f"unknown precision {precision!r} (use auto, fp32, bf16 or fp16)")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def sliding_window(net, x, sigma, *, device: str = "cpu", roi: tuple[int, int, int] | None = None,
+                   batch: int | None = None, overlap: float = 0.25, precision: str = "auto",
+                   slab: int | None = None):
+    """Run a conditioned network ``net(x, sigma)`` over a whole 3D volume in overlapping windows.
+
+    Windows are blended with a Gaussian importance map (MONAI :func:`~monai.inferers.sliding_window_inference`). To
+    bound memory on large volumes the last axis is processed in slabs of ``slab`` voxels with a margin of a quarter
+    window on each side, which is discarded, so only the input, the output and one slab's buffers are held at once.
+
+    Parameters
+    ----------
+    net : a module taking ``(x [B,1,D,H,W], sigma)``, already on ``device`` and in eval mode.
+    x : 3D float32 NumPy array in the network's units.
+    sigma : noise level in the network's units (float) or a noise map of ``x``'s shape.
+    roi, batch : window size and windows per call; None chooses them from the free memory (:func:`choose_window`).
+    overlap : fraction of a window shared with its neighbour.
+    precision : ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast).
+    slab : slab thickness along the last axis; None: chosen so one slab's float32 buffers stay near 256 MB on CPU.
+
+    Returns
+    -------
+    NumPy float32 array of ``x``'s shape.
+    """
+    import numpy as np
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    multiple = getattr(net, "multiple", 16)
+    auto_roi, auto_batch = choose_window(x.shape, device, multiple)
+    roi = tuple(roi) if roi else auto_roi
+    batch = batch or auto_batch
+    dtype = autocast_dtype(device, precision)
+    noise_map = np.ndim(sigma) == 3
+    out = np.empty(x.shape, dtype=np.float32)
+    nz = x.shape[2]
+    margin = min(nz, max(roi[2] // 4, multiple)) if slab is not None or nz > roi[2] else 0
+    if slab is None:
+        per_slice = x.shape[0] * x.shape[1] * 4 * (6 if noise_map else 4)  # input, map, output, count, padding
+        slab = max(roi[2], int(256e6 // per_slice) if not device.startswith("cuda") else nz)
+    slab = max(1, int(slab))
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        if noise_map:
+            img, level = window[:, :1], window[:, 1:]
+        else:
+            img, level = window, float(sigma)
+        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype or torch.float32,
+                            enabled=dtype is not None):
+            return net(img, level).float()
+
+    with torch.inference_mode():
+        for z0 in range(0, nz, slab):
+            z1 = min(nz, z0 + slab)
+            a, b = max(0, z0 - margin), min(nz, z1 + margin)
+            chunk = torch.from_numpy(np.ascontiguousarray(x[:, :, a:b], dtype=np.float32))[None, None]
+            if noise_map:
+                level = torch.from_numpy(np.ascontiguousarray(sigma[:, :, a:b], dtype=np.float32))[None, None]
+                chunk = torch.cat([chunk, level], dim=1)
+            chunk = chunk.to(device)
+            res = sliding_window_inference(chunk, roi, batch, predictor, overlap=overlap, mode="gaussian",
+                                           sigma_scale=0.125, padding_mode="replicate", sw_device=device,
+                                           device=device)
+            out[:, :, z0:z1] = res[0, 0, :, :, z0 - a:z1 - a].float().cpu().numpy()
+            del chunk, res
+    return out

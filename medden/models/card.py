@@ -1,0 +1,135 @@
+"""Saved models: weights in safetensors plus a JSON model card, and loading them back with clear errors.
+
+A model is two files side by side, ``NAME.safetensors`` (the network's tensors only: no pickled code) and
+``NAME.json``, the card: architecture and its configuration, version, modality, the intensity normalisation the
+network expects, the noise range it was trained on and the training record (data with licences, command, curves).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medden.errors import MeddenError
+
+CARD_FORMAT = 1
+
+
+class ModelError(MeddenError, ValueError):
+    """A model file cannot be used: missing, corrupt, or holding another architecture's weights."""
+
+
+@dataclass
+class Normalisation:
+    """How voxel values map to the network's units: ``(x − offset) / scale``.
+
+    ``kind="percentile"``: ``offset = 0`` and ``scale`` is the ``percentile`` of the non-zero voxels of the input
+    itself (MR: makes the model scale-equivariant, ``denoise(a·x) = a·denoise(x)``); ``kind="fixed"``: the given
+    ``offset`` and ``scale`` (CT: Hounsfield units are absolute).
+    """
+
+    kind: str = "percentile"
+    percentile: float = 99.9
+    offset: float = 0.0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("percentile", "fixed"):
+            raise ModelError(f"unknown normalisation kind {self.kind!r} (use 'percentile' or 'fixed')")
+
+
+@dataclass
+class ModelCard:
+    """What a weights file is and how it was made."""
+
+    name: str
+    architecture: str
+    config: dict[str, Any]
+    modality: str
+    normalisation: Normalisation
+    version: str = "1.0.0"
+    noise: dict[str, Any] = field(default_factory=dict)  # model and trained range, e.g. {"model": "rician", ...}
+    training: dict[str, Any] = field(default_factory=dict)  # data (with licences), command, steps, wall time, curves
+    sha256: str = ""
+    format: int = CARD_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelCard":
+        try:
+            d = dict(d)
+            d["normalisation"] = Normalisation(**d.get("normalisation", {}))
+            known = set(cls.__dataclass_fields__)
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as exc:
+            raise ModelError(f"model card is missing a field or has a wrong one: {exc}") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_model(net, card: ModelCard, path: str | Path) -> Path:
+    """Write ``net``'s tensors to ``path`` (``.safetensors``) and ``card`` beside it (``.json``); returns the
+    weights path. The card records the weights' SHA-256."""
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(path), metadata={"architecture": card.architecture, "name": card.name})
+    card.architecture = getattr(net, "architecture", card.architecture)
+    card.config = dict(net.config)
+    card.sha256 = _sha256(path)
+    path.with_suffix(".json").write_text(card.to_json() + "\n")
+    return path
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The card beside a weights file (``NAME.json`` for ``NAME.safetensors``)."""
+    card_path = Path(path).with_suffix(".json")
+    if not card_path.is_file():
+        raise ModelError(f"model card {card_path} not found (every weights file needs its JSON card)")
+    try:
+        return ModelCard.from_dict(json.loads(card_path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"model card {card_path} is not valid JSON: {exc}") from None
+
+
+def load_model(path: str | Path, device: str = "cpu", expect_architecture: str | None = None):
+    """Load a saved model: returns ``(network in eval mode on device, card)``.
+
+    Raises :class:`ModelError` when the file is missing or corrupt, when its tensors do not match the card's
+    architecture, or when ``expect_architecture`` is given and differs.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from medden.models.networks import build_network
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} not found")
+    card = read_card(path)
+    if expect_architecture and card.architecture != expect_architecture:
+        raise ModelError(f"{path} holds a {card.architecture} model, not the expected {expect_architecture}")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"weights file {path} is corrupt or not a safetensors file ({exc})") from None
+    net = build_network(card.architecture, **card.config)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(f"weights in {path} do not fit a {card.architecture} network with config {card.config} "
+                         f"(another architecture's weights?): {first}") from None
+    return net.to(device).eval(), card

@@ -1,0 +1,169 @@
+"""The typed training configuration, validated in full before any work starts (CAREamics-style).
+
+A config is a JSON (or YAML, when PyYAML is installed) file; every field is checked by pydantic, unknown fields are
+errors, and the data files must exist. :func:`load_config` turns every problem into one :class:`ConfigError` line.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medden.errors import MeddenError
+
+
+class ConfigError(MeddenError, ValueError):
+    """A training configuration is malformed: unknown or missing field, wrong type, missing data file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Strict):
+    """One training volume. ``pair`` (Noise2Noise) is a second, independently noisy scan of the same object."""
+
+    path: str
+    licence: str = "unknown"
+    pair: Optional[str] = None
+    #: average-pool the in-plane axes (and isotropic ones) by this factor to make a cleaner target (noise / √(f²..f³))
+    downsample: int = Field(1, ge=1, le=4)
+    #: keep only these slices along the last axis (start, stop), e.g. to split one volume into train and validation
+    slices: Optional[tuple[int, int]] = None
+
+    @field_validator("path", "pair")
+    @classmethod
+    def _exists(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not Path(v).exists():
+            raise ValueError(f"data file {v} does not exist")
+        return v
+
+
+class NoiseSpec(_Strict):
+    """On-the-fly noise. MR: ``rician`` or ``noncentral-chi`` with σ drawn log-uniformly in ``sigma_range`` (a fraction
+    of the volume's 99.9th percentile). CT: projection-domain low-dose insertion at a dose drawn log-uniformly in
+    ``dose_range`` (fraction of the scan's dose)."""
+
+    model: Literal["rician", "noncentral-chi", "lowdose-ct"] = "rician"
+    sigma_range: tuple[float, float] = (0.005, 0.2)
+    coils: int = Field(1, ge=1, le=64)
+    dose_range: tuple[float, float] = (0.05, 0.5)
+    #: the network's level is the true level times a factor in [1 − jitter, 1 + jitter]: robustness to estimation error
+    level_jitter: float = Field(0.1, ge=0, lt=1)
+    #: noise realisations simulated per CT volume (then rescaled to each drawn dose)
+    ct_realisations: int = Field(2, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "NoiseSpec":
+        lo, hi = self.sigma_range
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"sigma_range must satisfy 0 < low <= high <= 1, got {self.sigma_range}")
+        lo, hi = self.dose_range
+        if not 0 < lo <= hi < 1:
+            raise ValueError(f"dose_range must satisfy 0 < low <= high < 1, got {self.dose_range}")
+        return self
+
+
+class TrainConfig(_Strict):
+    """Everything a training run needs. See ``bundles/*/configs/medden_train.json`` in the repository for the shipped models' configs."""
+
+    name: str = Field(..., min_length=1)
+    modality: Literal["MR", "CT"]
+    mode: Literal["supervised", "n2n", "n2v"] = "supervised"
+    data: list[DataSpec] = Field(..., min_length=1)
+    validation: list[DataSpec] = []
+    synthetic_volumes: int = Field(0, ge=0, le=256)
+    architecture: Literal["conditioned-unet3d", "conditioned-dncnn3d"] = "conditioned-unet3d"
+    network: dict[str, Any] = {}
+    noise: NoiseSpec = NoiseSpec()
+    intensity_scale: tuple[float, float] = (0.6, 1.4)
+    patch_size: tuple[int, int, int] = (48, 48, 48)
+    batch_size: int = Field(4, ge=1, le=256)
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    loss: Literal["mse", "l1"] = "mse"
+    epochs: int = Field(30, ge=1)
+    steps_per_epoch: int = Field(200, ge=1)
+    wall_minutes: Optional[float] = Field(None, gt=0)
+    val_patches: int = Field(8, ge=1, le=256)
+    n2v_mask_fraction: float = Field(0.005, gt=0, lt=0.5)
+    augment: bool = True
+    amp: bool = True
+    device: str = "auto"
+    threads: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+    checkpoint_dir: str
+    export: Optional[str] = None
+    docs_dir: Optional[str] = None
+    init_weights: Optional[str] = None
+    command: str = ""
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 8:
+            raise ValueError(f"patch sides must be >= 8 voxels, got {v}")
+        return v
+
+    @field_validator("init_weights")
+    @classmethod
+    def _init(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"init_weights file {v} does not exist")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        lo, hi = self.intensity_scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"intensity_scale must satisfy 0 < low <= high, got {self.intensity_scale}")
+        if self.modality == "CT" and self.mode == "supervised" and self.noise.model != "lowdose-ct":
+            raise ValueError("a supervised CT model needs noise.model = 'lowdose-ct'")
+        if self.modality == "MR" and self.noise.model == "lowdose-ct":
+            raise ValueError("noise.model 'lowdose-ct' needs modality CT")
+        if self.mode == "n2n" and any(d.pair is None for d in self.data):
+            raise ValueError("mode n2n needs a 'pair' (second noisy scan) for every data entry")
+        if self.architecture == "conditioned-unet3d" and any(p % 16 for p in self.patch_size):
+            raise ValueError(f"the U-Net needs patch sides that are multiples of 16, got {self.patch_size}")
+        return self
+
+
+def _format(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(x) for x in e["loc"]) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A :class:`TrainConfig` from a dict, or :class:`ConfigError` naming every bad field."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid training config {source}: {_format(exc)}") from None
+
+
+def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Read and validate a JSON/YAML training config; ``overrides`` replace top-level fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training config {path} not found")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError("YAML configs need PyYAML (pip install pyyaml); or write the config as JSON") from None
+            raw = yaml.safe_load(text)
+        else:
+            raw = json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"training config {path} cannot be parsed: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"training config {path} must hold a mapping of fields")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_config(raw, str(path))

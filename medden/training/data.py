@@ -1,0 +1,276 @@
+"""Training data: volumes normalised per modality, synthetic piecewise-smooth volumes, and patch sampling with noise
+made on the fly by the physics models of :mod:`medden.noise`.
+
+Normalisation (the same as inference, see :mod:`medden.denoisers.deep`): MR by the 99.9th percentile of the non-zero
+voxels, CT by ``HU / 1000``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medden.training.config import DataSpec, TrainConfig
+
+CT_SCALE = 1000.0  # HU per network unit
+CT_REFERENCE_DOSE = 0.25  # CT noise realisations are simulated at this dose, then rescaled to each drawn dose
+CT_LEVEL_DOSES = (0.03, 0.05, 0.1, 0.25, 0.5, 0.8)  # doses at which the noise estimator's level is tabulated
+
+
+@dataclass
+class TrainVolume:
+    """One normalised volume (``clean``; for CT the full-dose scan), with what the sampler needs."""
+
+    name: str
+    clean: np.ndarray
+    pair: np.ndarray | None = None  # Noise2Noise: the second noisy scan
+    level: float = 0.0  # its own noise level (network units): self-supervised conditioning, CT full-dose noise
+    ct_noise: list[np.ndarray] = field(default_factory=list)  # CT: noise realisations at CT_REFERENCE_DOSE
+    ct_noise_level: float = 0.0  # CT: the standard deviation those realisations add in soft tissue (network units)
+    ct_levels: list[tuple[float, float]] = field(default_factory=list)  # CT: (log dose, estimated σ) pairs
+
+
+def percentile_scale(data: np.ndarray, q: float = 99.9) -> float:
+    nz = data[data != 0]
+    return float(np.percentile(np.abs(nz), q)) if nz.size else 1.0
+
+
+def _downsample(x: np.ndarray, factor: int, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Average-pool by ``factor`` along the axes whose spacing is within 1.5× the finest (thick slices are kept)."""
+    if factor <= 1:
+        return x
+    fine = min(spacing)
+    k = tuple(factor if s <= 1.5 * fine else 1 for s in spacing)
+    t = torch.from_numpy(np.ascontiguousarray(x))[None, None]
+    return F.avg_pool3d(t, kernel_size=k, stride=k)[0, 0].numpy()
+
+
+def _pad_to(x: np.ndarray, patch: tuple[int, int, int]) -> np.ndarray:
+    pads = [(0, max(0, p - n)) for n, p in zip(x.shape, patch)]
+    return np.pad(x, pads, mode="symmetric") if any(b for _, b in pads) else x
+
+
+def load_volumes(specs: list[DataSpec], cfg: TrainConfig, cache_dir: Path, log=print) -> list[TrainVolume]:
+    """Load, clean (downsample), normalise and, for CT, simulate the noise realisations (cached in ``cache_dir``)."""
+    import medden
+    from medden.noise import estimate_noise
+
+    out = []
+    for spec in specs:
+        vol = medden.load_volume(spec.path)
+        if cfg.modality == "CT" and vol.modality != "CT":
+            vol = _as_ct(vol)
+        data = vol.data
+        if spec.slices:
+            data = data[:, :, spec.slices[0]:spec.slices[1]]
+        pair = None
+        if spec.pair:
+            pair = medden.load_volume(spec.pair).data
+            if spec.slices:
+                pair = pair[:, :, spec.slices[0]:spec.slices[1]]
+        name = Path(spec.path).name
+        if cfg.modality == "MR":
+            data = _downsample(data, spec.downsample, vol.spacing)
+            scale = percentile_scale(data)
+            clean = (data / scale).astype(np.float32)
+            level = 0.0
+            if cfg.mode != "supervised":
+                v = medden.Volume(np.ascontiguousarray(data), vol.affine, modality="MR")
+                level = float(estimate_noise(v).sigma) / scale
+            if pair is not None:
+                pair = (_downsample(pair, spec.downsample, vol.spacing) / scale).astype(np.float32)
+            tv = TrainVolume(name, _pad_to(clean, cfg.patch_size), None if pair is None else _pad_to(pair, cfg.patch_size),
+                             level)
+        else:
+            sub = medden.Volume(np.ascontiguousarray(data), vol.affine, modality="CT")
+            level = float(estimate_noise(sub).sigma) / CT_SCALE
+            tv = TrainVolume(name, _pad_to((data / CT_SCALE).astype(np.float32), cfg.patch_size),
+                             None if pair is None else _pad_to((pair / CT_SCALE).astype(np.float32), cfg.patch_size),
+                             level)
+            if cfg.mode == "supervised":
+                _ct_realisations(tv, sub, spec, cfg, cache_dir, log)
+                tv.ct_noise = [_pad_to(n, cfg.patch_size) for n in tv.ct_noise]
+        out.append(tv)
+        log(f"  {name}: {tv.clean.shape}, own noise level {tv.level:.4f}"
+            + (f", +{tv.ct_noise_level:.4f} at dose {CT_REFERENCE_DOSE}; estimator levels "
+               + ", ".join(f"{math.exp(d):.2f}:{v:.4f}" for d, v in tv.ct_levels[1:]) if tv.ct_noise else ""))
+    return out
+
+
+def _as_ct(vol):
+    import dataclasses
+
+    return dataclasses.replace(vol, modality="CT")
+
+
+def _ct_realisations(tv: TrainVolume, vol, spec: DataSpec, cfg: TrainConfig, cache_dir: Path, log) -> None:
+    """Projection-domain low-dose noise (:func:`medden.noise.lowdose_ct_insertion`) at the reference dose, cached.
+
+    The inserted noise is Gaussian in the projection domain with variance ∝ (1 − a)/a (quantum part), and FBP is
+    linear, so a realisation at dose a₀ times √(((1 − a)/a) / ((1 − a₀)/a₀)) is a realisation at dose a (electronic
+    noise, which matters only for photon-starved rays, is not rescaled exactly)."""
+    from medden.noise import estimate_noise, simulate
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"{Path(spec.path).name.split('.')[0]}_{spec.slices[0] if spec.slices else 0}"
+    for k in range(cfg.noise.ct_realisations):
+        f = cache_dir / f"{tag}_dose{CT_REFERENCE_DOSE}_r{k}.npy"
+        if not f.is_file():
+            log(f"  simulating low-dose CT noise for {tag} (realisation {k})")
+            noisy = simulate(vol, "lowdose-ct-insertion", seed=1000 + k, dose=CT_REFERENCE_DOSE)
+            np.save(f, ((noisy.data - vol.data) / CT_SCALE).astype(np.float32))
+        tv.ct_noise.append(np.load(f))
+    tissue = (vol.data > -200) & (vol.data < 300)
+    tv.ct_noise_level = float(np.std(tv.ct_noise[0][tissue])) if tissue.any() else float(np.std(tv.ct_noise[0]))
+    # The level the network is told is what medden's CT estimator (used by sigma="auto" at inference) reports for the
+    # scan at that dose, tabulated at a few doses and interpolated in log dose: the network learns what the estimator's
+    # figure means, biases included, instead of a level inference can never know.
+    import medden
+
+    levels = [(0.0, tv.level)]
+    for dose in CT_LEVEL_DOSES:
+        k = dose_factor(dose)
+        noisy = medden.Volume(vol.data + k * tv.ct_noise[0] * CT_SCALE, vol.affine, modality="CT")
+        levels.append((math.log(dose), float(estimate_noise(noisy).sigma) / CT_SCALE))
+    tv.ct_levels = sorted(levels)
+
+
+def dose_factor(dose: float) -> float:
+    """Factor turning a noise realisation at :data:`CT_REFERENCE_DOSE` into one at ``dose`` (quantum noise)."""
+    a0 = CT_REFERENCE_DOSE
+    return math.sqrt(((1 - dose) / dose) / ((1 - a0) / a0))
+
+
+def ct_level(tv: TrainVolume, dose: float) -> float:
+    """The estimator's σ for ``tv`` at ``dose``, interpolated in log dose."""
+    xs, ys = zip(*tv.ct_levels)
+    return float(np.interp(math.log(dose), xs, ys))
+
+
+def synthetic_volume(rng: np.random.Generator, shape: tuple[int, int, int] = (96, 96, 96)) -> np.ndarray:
+    """A piecewise-smooth volume in [0, ~1]: random ellipsoids of random intensity inside a head-like ellipsoid, with
+    a smooth multiplicative bias field and faint smooth texture; zero background (like a masked MR scan)."""
+    from scipy.ndimage import gaussian_filter
+
+    zz, yy, xx = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    Z, Y, X = np.meshgrid(zz, yy, xx, indexing="ij")
+    vol = np.zeros(shape, np.float32)
+    head = (Z / rng.uniform(0.7, 0.95)) ** 2 + (Y / rng.uniform(0.7, 0.95)) ** 2 + (X / rng.uniform(0.7, 0.95)) ** 2 < 1
+    vol[head] = rng.uniform(0.2, 0.6)
+    for _ in range(int(rng.integers(15, 40))):
+        c = rng.uniform(-0.8, 0.8, 3)
+        r = rng.uniform(0.03, 0.4, 3)
+        rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+        p = np.stack([Z - c[0], Y - c[1], X - c[2]], -1) @ rot
+        inside = ((p / r) ** 2).sum(-1) < 1
+        vol[inside & head] = rng.uniform(0.05, 1.0)
+    bias = gaussian_filter(rng.normal(size=shape).astype(np.float32), 20)
+    bias = 1 + 0.3 * bias / (np.abs(bias).max() + 1e-6)
+    texture = gaussian_filter(rng.normal(size=shape).astype(np.float32), rng.uniform(1, 3))
+    texture *= 0.05 / (texture.std() + 1e-6)
+    vol = np.where(head, np.clip(vol * bias + texture * (vol > 0), 0, None), 0).astype(np.float32)
+    return vol / percentile_scale(vol)
+
+
+class PatchSampler:
+    """Random patches ``(noisy input, target, level, weight mask)`` in network units, made on the fly.
+
+    * supervised MR: clean patch × random intensity scale, Rician / noncentral-χ noise at a random σ;
+    * supervised CT: full-dose patch plus a cached low-dose noise realisation rescaled to a random dose;
+    * ``n2n``: one noisy scan in, the other as target; ``n2v``: blind-spot masking (Krull et al., CVPR 2019) —
+      masked voxels replaced by a random neighbour, the loss taken on them only.
+    """
+
+    def __init__(self, volumes: list[TrainVolume], cfg: TrainConfig, seed: int) -> None:
+        self.volumes, self.cfg = volumes, cfg
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        sizes = np.array([v.clean.size for v in volumes], float)
+        self.p = np.sqrt(sizes) / np.sqrt(sizes).sum()  # large volumes sampled more, but not in proportion
+
+    def _corner(self, shape, patch) -> tuple[int, ...]:
+        return tuple(int(self.rng.integers(0, n - p + 1)) for n, p in zip(shape, patch))
+
+    def _crop(self, vol: TrainVolume) -> tuple[tuple[slice, ...], np.ndarray]:
+        patch = self.cfg.patch_size
+        for _ in range(8):  # prefer patches that are mostly object, not background
+            c = self._corner(vol.clean.shape, patch)
+            sl = tuple(slice(a, a + p) for a, p in zip(c, patch))
+            x = vol.clean[sl]
+            if self.cfg.modality == "CT" or (x != 0).mean() > 0.3:
+                break
+        return sl, x
+
+    def _augment(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        if not self.cfg.augment:
+            return arrays
+        flips = [a for a in range(3) if self.rng.random() < 0.5]
+        if self.cfg.modality == "CT":  # CT noise is correlated in-plane only: keep the slice axis last
+            order = tuple(self.rng.permutation(2)) + (2,)
+        elif len(set(self.cfg.patch_size)) == 1:
+            order = tuple(self.rng.permutation(3))
+        else:
+            order = (0, 1, 2)
+        return [np.ascontiguousarray(np.flip(a, flips).transpose(order)) if a is not None else None for a in arrays]
+
+    def sample(self, batch: int | None = None):
+        cfg = self.cfg
+        xs, ys, levels, masks = [], [], [], []
+        for _ in range(batch or cfg.batch_size):
+            vol = self.volumes[int(self.rng.choice(len(self.volumes), p=self.p))]
+            sl, clean = self._crop(vol)
+            if cfg.mode == "supervised":
+                x, y, level = self._supervised(vol, sl, clean)
+                mask = None
+            elif cfg.mode == "n2n":
+                a, b = clean, vol.pair[sl]
+                x, y = (a, b) if self.rng.random() < 0.5 else (b, a)
+                level, mask = vol.level, None
+            else:
+                x, y, mask = self._blind_spot(clean)
+                level = vol.level
+            x, y, mask = self._augment([x, y, mask])
+            jitter = 1 + cfg.noise.level_jitter * self.rng.uniform(-1, 1)
+            xs.append(x), ys.append(y), levels.append(max(level * jitter, 1e-4)), masks.append(mask)
+        t = lambda arrs: torch.from_numpy(np.stack(arrs))[:, None].float()  # noqa: E731
+        m = None if masks[0] is None else t(masks)
+        return t(xs), t(ys), torch.tensor(levels, dtype=torch.float32), m
+
+    def _supervised(self, vol: TrainVolume, sl, clean: np.ndarray):
+        from medden.noise import noncentral_chi, rician
+
+        cfg = self.cfg
+        if cfg.modality == "CT":
+            lo, hi = cfg.noise.dose_range
+            dose = math.exp(self.rng.uniform(math.log(lo), math.log(hi)))
+            noise = vol.ct_noise[int(self.rng.integers(len(vol.ct_noise)))][sl]
+            x = clean + dose_factor(dose) * noise
+            return x.astype(np.float32), clean, ct_level(vol, dose)
+        lo, hi = cfg.noise.sigma_range
+        sigma = math.exp(self.rng.uniform(math.log(lo), math.log(hi)))
+        c = clean * self.rng.uniform(*cfg.intensity_scale)
+        t = torch.from_numpy(np.ascontiguousarray(c))
+        if cfg.noise.model == "noncentral-chi" and cfg.noise.coils > 1:
+            x = noncentral_chi(t, sigma=sigma, coils=cfg.noise.coils, generator=self.gen)
+        else:
+            x = rician(t, sigma=sigma, generator=self.gen)
+        return x.numpy(), c.astype(np.float32), sigma
+
+    def _blind_spot(self, noisy: np.ndarray):
+        """Noise2Void masking: a fraction of voxels replaced by a random voxel of their 5³ neighbourhood."""
+        x = noisy.copy()
+        n = max(1, int(self.cfg.n2v_mask_fraction * x.size))
+        idx = [self.rng.integers(0, s, n) for s in x.shape]
+        off = [self.rng.integers(-2, 3, n) for _ in x.shape]
+        zero = (off[0] == 0)  # no zero offset: the replacement must not be the voxel itself
+        zero = zero & (off[1] == 0) & (off[2] == 0)
+        off[0][zero] = 1
+        src = [np.clip(i + o, 0, s - 1) for i, o, s in zip(idx, off, x.shape)]
+        x[tuple(idx)] = noisy[tuple(src)]
+        mask = np.zeros_like(x)
+        mask[tuple(idx)] = 1
+        return x, noisy, mask

@@ -1,0 +1,207 @@
+"""The training loop: resumable, wall-time bounded, validation PSNR each epoch, checkpoints, export to a shipped
+model (safetensors + card) with its curves."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from medden.training.config import TrainConfig
+from medden.training.data import CT_SCALE, PatchSampler, TrainVolume, load_volumes, synthetic_volume
+from medden.training.losses import training_loss
+
+
+def _validation_set(volumes: list[TrainVolume], cfg: TrainConfig) -> list[tuple]:
+    """Fixed noisy/clean patches (seeded) at fixed levels: MR σ = 1, 3, 5, 7, 9 % of p99.9; CT dose 25 % and 10 %."""
+    sampler = PatchSampler(volumes, cfg.model_copy(update={"augment": False, "intensity_scale": (1.0, 1.0),
+                                                           "noise": cfg.noise.model_copy(update={"level_jitter": 0})}),
+                           seed=12345)
+    out = []
+    for i in range(cfg.val_patches):
+        if cfg.mode == "supervised":
+            if cfg.modality == "MR":
+                s = (0.01, 0.03, 0.05, 0.07, 0.09)[i % 5]
+                sampler.cfg.noise.sigma_range = (s, s)
+            else:
+                d = (0.25, 0.1)[i % 2]
+                sampler.cfg.noise.dose_range = (d, d)
+        out.append(sampler.sample(1))
+    return out
+
+
+def _psnr(est: torch.Tensor, ref: torch.Tensor, data_range: float) -> float:
+    mse = float(torch.mean((est - ref) ** 2))
+    return 10 * math.log10(data_range ** 2 / max(mse, 1e-20))
+
+
+def validate(net, val: list[tuple], cfg: TrainConfig, device: str) -> dict[str, float]:
+    """Mean PSNR of the noisy input and of the network output on the validation patches (data range: 1 for MR in
+    p99.9 units, 2000 HU for CT) — for self-supervised modes against the held-out noisy target — and the loss."""
+    net.eval()
+    rng = 1.0 if cfg.modality == "MR" else 2000.0 / CT_SCALE
+    p_in, p_out, losses = [], [], []
+    with torch.no_grad():
+        for x, y, level, mask in val:
+            x, y, level = x.to(device), y.to(device), level.to(device)
+            est = net(x, level)
+            p_in.append(_psnr(x, y, rng))
+            p_out.append(_psnr(est, y, rng))
+            losses.append(float(training_loss(est, y, level, None if mask is None else mask.to(device), cfg.loss)))
+    net.train()
+    return {"val_psnr_noisy": float(np.mean(p_in)), "val_psnr": float(np.mean(p_out)), "val_loss": float(np.mean(losses))}
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) the model described by ``cfg``; returns the final record (and exports when ``cfg.export``).
+
+    Resuming: when ``checkpoint_dir/last.pt`` exists for the same architecture, training continues from its step,
+    optimiser state and elapsed wall time. Training stops after ``epochs`` or when the wall budget is spent; the
+    learning rate follows a cosine over whichever of the two comes first.
+    """
+    from medden.inference import autocast_dtype, resolve_device
+    from medden.models import build_network, load_model
+
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    ckpt_dir = Path(cfg.checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+    log(f"loading {len(cfg.data)} training and {len(cfg.validation)} validation volumes")
+    volumes = load_volumes(cfg.data, cfg, ckpt_dir / "cache", log)
+    rng = np.random.default_rng(cfg.seed)
+    for i in range(cfg.synthetic_volumes):
+        volumes.append(TrainVolume(f"synthetic-{i}", synthetic_volume(rng)))
+    val_volumes = load_volumes(cfg.validation, cfg, ckpt_dir / "cache", log) if cfg.validation else volumes
+    val = _validation_set(val_volumes, cfg)
+    sampler = PatchSampler(volumes, cfg, seed=cfg.seed)
+
+    if cfg.init_weights:
+        net, _ = load_model(cfg.init_weights, device="cpu", expect_architecture=cfg.architecture)
+        log(f"initialised from {cfg.init_weights}")
+    else:
+        net = build_network(cfg.architecture, **cfg.network)
+    net = net.to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
+    amp_dtype = autocast_dtype(device, "auto") if cfg.amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    step, elapsed, history = 0, 0.0, []
+    last = ckpt_dir / "last.pt"
+    if last.is_file():
+        state = torch.load(last, map_location=device, weights_only=False)
+        if state.get("architecture") == cfg.architecture and state.get("network") == net.config:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            step, elapsed, history = state["step"], state["elapsed"], state["history"]
+            sampler.rng = np.random.default_rng(cfg.seed + step)
+            log(f"resumed from {last} at step {step} ({elapsed / 60:.1f} min trained)")
+        else:
+            log(f"ignoring {last}: it holds another architecture")
+    total_steps = cfg.epochs * cfg.steps_per_epoch
+    budget = cfg.wall_minutes * 60 if cfg.wall_minutes else float("inf")
+    log(f"training {cfg.architecture} {net.config} on {device}"
+        f"{' with ' + str(amp_dtype).split('.')[-1] + ' autocast' if amp_dtype else ''}: "
+        f"{total_steps} steps of {cfg.batch_size}×{cfg.patch_size}, wall budget {cfg.wall_minutes or '∞'} min")
+
+    def save() -> None:
+        tmp = last.with_suffix(".tmp")
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+                    "history": history, "architecture": cfg.architecture, "network": net.config}, tmp)
+        tmp.replace(last)
+
+    start, run_losses = time.perf_counter() - elapsed, []
+    while step < total_steps and elapsed < budget:
+        frac = max(step / total_steps, elapsed / budget if math.isfinite(budget) else 0.0)
+        for g in opt.param_groups:
+            g["lr"] = cfg.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        x, y, level, mask = sampler.sample()
+        x, y, level = x.to(device), y.to(device), level.to(device)
+        mask = None if mask is None else mask.to(device)
+        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu",
+                            dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            est = net(x, level)
+        loss = training_loss(est.float(), y, level, mask, cfg.loss)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        run_losses.append(float(loss.detach()))
+        step += 1
+        elapsed = time.perf_counter() - start
+        if step % cfg.steps_per_epoch == 0 or step >= total_steps or elapsed >= budget:
+            rec = {"step": step, "epoch": step / cfg.steps_per_epoch, "minutes": round(elapsed / 60, 2),
+                   "lr": opt.param_groups[0]["lr"], "train_loss": float(np.mean(run_losses)),
+                   **validate(net, val, cfg, device)}
+            run_losses = []
+            history.append(rec)
+            save()
+            with open(ckpt_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            log(f"epoch {rec['epoch']:.0f} step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} "
+                f"val PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
+    record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history}
+    if cfg.export:
+        record["export"] = str(export(net, cfg, record, log))
+    return record
+
+
+def export(net, cfg: TrainConfig, record: dict, log: Callable[[str], None] = print) -> Path:
+    """Save the network as ``cfg.export`` (safetensors + card) and its curves into ``cfg.docs_dir``."""
+    from medden.models import ModelCard, Normalisation, save_model
+
+    norm = (Normalisation("percentile", 99.9) if cfg.modality == "MR"
+            else Normalisation("fixed", offset=0.0, scale=CT_SCALE))
+    noise = ({"model": cfg.noise.model, "coils": cfg.noise.coils, "sigma_range_fraction_of_p99.9": cfg.noise.sigma_range}
+             if cfg.modality == "MR" else {"model": "lowdose-ct-insertion (projection domain)",
+                                            "dose_range": cfg.noise.dose_range})
+    hist = record.get("history", [])
+    card = ModelCard(name=cfg.name, architecture=cfg.architecture, config=dict(net.config), modality=cfg.modality,
+                     normalisation=norm, noise=noise,
+                     training={"mode": cfg.mode, "command": cfg.command,
+                               "data": [{"path": Path(d.path).name, "licence": d.licence, "downsample": d.downsample,
+                                         "slices": d.slices} for d in cfg.data],
+                               "validation": [{"path": Path(d.path).name, "licence": d.licence} for d in cfg.validation],
+                               "synthetic_volumes": cfg.synthetic_volumes, "steps": record.get("steps"),
+                               "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None,
+                               "minutes": record.get("minutes"), "batch": cfg.batch_size,
+                               "patch_size": list(cfg.patch_size), "loss": f"{cfg.loss} / sigma^2",
+                               "final_val_psnr": hist[-1]["val_psnr"] if hist else None})
+    path = save_model(net.cpu().eval(), card, cfg.export)
+    log(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if cfg.docs_dir and hist:
+        write_curves(hist, Path(cfg.docs_dir))
+    return path
+
+
+def write_curves(history: list[dict], folder: Path) -> None:
+    """``curves.csv`` and ``curves.png`` (training loss and validation PSNR per epoch)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = list(history[0])
+    lines = [",".join(keys)] + [",".join(str(h[k]) for k in keys) for h in history]
+    (folder / "curves.csv").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ep = [h["epoch"] for h in history]
+    ax[0].plot(ep, [h["train_loss"] for h in history])
+    ax[0].set(xlabel="epoch", ylabel="training loss", yscale="log")
+    ax[1].plot(ep, [h["val_psnr"] for h in history], label="network")
+    ax[1].plot(ep, [h["val_psnr_noisy"] for h in history], "--", label="noisy input")
+    ax[1].set(xlabel="epoch", ylabel="validation PSNR (dB)")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(folder / "curves.png", dpi=90)
+    plt.close(fig)

@@ -1,0 +1,130 @@
+"""Training: the config is validated before any work, tiny supervised / Noise2Noise / Noise2Void runs on phantoms
+train, checkpoint, resume and export loadable weights."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import medden
+from medden.models import load_model
+from medden.phantoms import shepp_logan_3d
+from medden.training import ConfigError, load_config, train, validate_config
+from medden.training.data import PatchSampler, TrainVolume
+
+
+@pytest.fixture
+def scans(tmp_path):
+    paths = []
+    for i, seed in enumerate((0, 1)):
+        v = shepp_logan_3d((32, 32, 32))
+        data = v.data * 500 + 10
+        if i == 1:  # a second, independently noisy scan of the same object (Noise2Noise pair)
+            data = medden.noise.rician(v.data * 500 + 10, sigma=20.0, generator=seed)
+        p = tmp_path / f"scan{i}.nii.gz"
+        medden.save_volume(medden.Volume(data.astype(np.float32), v.affine, modality="MR"), p)
+        paths.append(str(p))
+    return paths
+
+
+def _cfg(tmp_path, scans, **over):
+    raw = {"name": "tiny", "modality": "MR", "data": [{"path": scans[0]}], "synthetic_volumes": 1,
+           "network": {"features": [4, 4, 8, 8, 16, 4]}, "patch_size": [16, 16, 16], "batch_size": 2,
+           "epochs": 2, "steps_per_epoch": 2, "val_patches": 2, "threads": 1,
+           "checkpoint_dir": str(tmp_path / "ckpt"), "export": str(tmp_path / "out" / "m.safetensors")}
+    raw.update(over)
+    return raw
+
+
+def test_wrong_field_is_rejected_before_any_work(tmp_path, scans):
+    with pytest.raises(ConfigError, match="learning_rat"):
+        validate_config(_cfg(tmp_path, scans, learning_rat=0.1))
+    with pytest.raises(ConfigError, match="does not exist"):
+        validate_config(_cfg(tmp_path, scans, data=[{"path": str(tmp_path / "missing.nii.gz")}]))
+    with pytest.raises(ConfigError, match="sigma_range"):
+        validate_config(_cfg(tmp_path, scans, noise={"sigma_range": [0.2, 0.1]}))
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        validate_config(_cfg(tmp_path, scans, patch_size=[20, 20, 20]))
+    with pytest.raises(ConfigError, match="pair"):
+        validate_config(_cfg(tmp_path, scans, mode="n2n"))
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_cli_train_with_a_bad_config_exits_nonzero(tmp_path, scans, capsys):
+    from medden.cli import main
+
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps(_cfg(tmp_path, scans, batch_size="four")))
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "batch_size" in err and len(err.strip().splitlines()) == 1
+
+
+def test_supervised_training_checkpoints_resumes_and_exports(tmp_path, scans):
+    cfg = validate_config(_cfg(tmp_path, scans))
+    logs: list[str] = []
+    rec = train(cfg, log=logs.append)
+    assert rec["steps"] == 4 and len(rec["history"]) == 2
+    assert np.isfinite(rec["history"][-1]["val_psnr"])
+    assert (tmp_path / "ckpt" / "last.pt").is_file() and (tmp_path / "ckpt" / "log.jsonl").is_file()
+    net, card = load_model(rec["export"])
+    assert card.modality == "MR" and card.training["data"][0]["path"] == "scan0.nii.gz"
+    more = train(validate_config(_cfg(tmp_path, scans, epochs=3)), log=logs.append)
+    assert any("resumed" in line for line in logs) and more["steps"] == 6
+
+
+@pytest.mark.parametrize("mode", ["n2n", "n2v"])
+def test_self_supervised_modes_run(tmp_path, scans, mode):
+    data = [{"path": scans[1], "pair": scans[0]}] if mode == "n2n" else [{"path": scans[1]}]
+    cfg = validate_config(_cfg(tmp_path, scans, mode=mode, data=data, synthetic_volumes=0, epochs=1, export=None))
+    rec = train(cfg, log=lambda s: None)
+    assert rec["steps"] == 2 and np.isfinite(rec["history"][-1]["train_loss"])
+
+
+def test_blind_spot_masking_replaces_masked_voxels_by_neighbours(tmp_path, scans):
+    cfg = validate_config(_cfg(tmp_path, scans, mode="n2v", n2v_mask_fraction=0.01))
+    rng = np.random.default_rng(0)
+    noisy = rng.normal(size=(32, 32, 32)).astype(np.float32)
+    sampler = PatchSampler([TrainVolume("x", noisy, level=1.0)], cfg, seed=0)
+    x, y, mask = sampler._blind_spot(noisy)
+    assert np.array_equal(y, noisy)
+    changed = x != noisy
+    assert changed.sum() > 0 and np.all(mask[changed] == 1)
+    assert 0.005 < mask.mean() <= 0.01
+    assert np.array_equal(x[mask == 0], noisy[mask == 0])
+
+
+def test_rician_training_patches_are_noisier_than_targets(tmp_path, scans):
+    cfg = validate_config(_cfg(tmp_path, scans, noise={"sigma_range": [0.05, 0.05], "level_jitter": 0}))
+    clean = shepp_logan_3d((32, 32, 32)).data
+    sampler = PatchSampler([TrainVolume("p", clean / np.percentile(clean[clean > 0], 99.9))], cfg, seed=0)
+    x, y, level, mask = sampler.sample(4)
+    assert x.shape == (4, 1, 16, 16, 16) and mask is None
+    assert np.allclose(level.numpy(), 0.05)
+    resid = (x - y).numpy()
+    assert 0.03 < resid.std() < 0.08  # Rician: about σ in the object, Rayleigh in the background
+
+
+def test_load_config_reads_json_and_applies_overrides(tmp_path, scans):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(_cfg(tmp_path, scans)))
+    cfg = load_config(p, epochs=7)
+    assert cfg.epochs == 7 and cfg.modality == "MR"
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.json")
+
+
+def test_supervised_ct_training_with_projection_domain_noise(tmp_path, scans):
+    from medden.phantoms import water_cylinder
+
+    ph = water_cylinder((48, 48, 16), spacing=(1.0, 1.0, 2.0))
+    p = tmp_path / "ct.nii.gz"
+    medden.save_volume(medden.Volume(ph.volume.data, ph.volume.affine, modality="CT"), p)
+    cfg = validate_config(_cfg(tmp_path, scans, modality="CT", data=[{"path": str(p)}], synthetic_volumes=0,
+                               noise={"model": "lowdose-ct", "ct_realisations": 1}, epochs=1, export=None))
+    logs: list[str] = []
+    rec = train(cfg, log=logs.append)
+    assert rec["steps"] == 2 and np.isfinite(rec["history"][-1]["val_psnr"])
+    assert any("estimator levels" in line for line in logs)
+    assert list((tmp_path / "ckpt" / "cache").glob("*.npy"))

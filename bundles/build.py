@@ -64,6 +64,20 @@ def train_config(cfg_path: str) -> dict:
     }
 
 
+def multi_gpu_train_config() -> dict:
+    """Override of train.json for ``torchrun`` (MONAI convention): medden's loop joins the process group itself
+    (NCCL on GPUs, gloo on CPUs) and wraps the network in DistributedDataParallel; rank 0 logs and exports.
+
+        torchrun --standalone --nproc_per_node=4 -m monai.bundle run \\
+            --config_file "['bundles/NAME/configs/train.json','bundles/NAME/configs/multi_gpu_train.json']"
+    """
+    return {
+        "imports": ["$import torch", "$import medden.training"],
+        "device": "$'cuda' if torch.cuda.is_available() else 'cpu'",
+        "config": "$medden.training.load_config(@config_file, device=@device)",
+    }
+
+
 def metadata(name: str, spec: dict, card: dict) -> dict:
     import monai
     import numpy
@@ -210,6 +224,7 @@ def build(name: str, spec: dict) -> Path:
     dump(metadata(name, spec, card), root / "configs" / "metadata.json")
     dump(inference_config(name, spec["method"]), root / "configs" / "inference.json")
     dump(train_config(spec["config"]), root / "configs" / "train.json")
+    dump(multi_gpu_train_config(), root / "configs" / "multi_gpu_train.json")
     doc = root / "docs" / "README.md"
     if not doc.is_file() or "<!-- generated -->" in doc.read_text():
         doc.write_text("<!-- generated -->\n" + model_doc(name, spec, card))

@@ -298,6 +298,7 @@ def train(
                                                          json.loads(config.read_text()).get("modality", "MR")))
         cfg = load_config(config, **overrides)
     medden.inference.resolve_device(cfg.device)
+    quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 speaks
     record = run_training(cfg, log=(lambda s: None) if quiet else out.print)
     if not quiet:
         out.print(f"trained {record['steps']} steps in {record['minutes']} min"

@@ -27,7 +27,8 @@ def test_there_is_one_bundle_per_shipped_model():
 @pytest.mark.parametrize("name", NAMES)
 def test_bundle_layout_and_required_metadata(name):
     root = BUNDLES / name
-    for rel in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "docs/README.md", "LICENSE",
+    for rel in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/multi_gpu_train.json",
+                "docs/README.md", "LICENSE",
                 "models/model.safetensors", "models/model.json"):
         assert (root / rel).is_file(), rel
     meta = json.loads((root / "configs" / "metadata.json").read_text())

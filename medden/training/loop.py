@@ -56,6 +56,45 @@ def validate(net, val: list[tuple], cfg: TrainConfig, device: str) -> dict[str, 
     return {"val_psnr_noisy": float(np.mean(p_in)), "val_psnr": float(np.mean(p_out)), "val_loss": float(np.mean(losses))}
 
 
+def _init_distributed(device: str) -> tuple[int, int, str]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group — NCCL on GPUs, gloo on CPUs — and return
+    ``(rank, world_size, device)``; otherwise ``(0, 1, device)``."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _agree(stop: bool, world: int) -> bool:
+    """Every rank stops at the same step (rank 0's wall clock decides), or DDP's all-reduce would hang."""
+    if world == 1:
+        return stop
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if stop else 0.0])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _parameter_digest(net) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for tensor in net.state_dict().values():
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) the model described by ``cfg``; returns the final record (and exports when ``cfg.export``).
 
@@ -67,12 +106,16 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     from medden.models import build_network, load_model
 
     device = resolve_device(cfg.device)
+    rank, world, device = _init_distributed(device)
+    if rank != 0:  # one voice: rank 0 logs, checkpoints and exports
+        log = lambda _msg: None  # noqa: E731
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
     ckpt_dir = Path(cfg.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+    if rank == 0:
+        (ckpt_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
     log(f"loading {len(cfg.data)} training and {len(cfg.validation)} validation volumes")
     volumes = load_volumes(cfg.data, cfg, ckpt_dir / "cache", log)
     rng = np.random.default_rng(cfg.seed)
@@ -80,7 +123,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         volumes.append(TrainVolume(f"synthetic-{i}", synthetic_volume(rng)))
     val_volumes = load_volumes(cfg.validation, cfg, ckpt_dir / "cache", log) if cfg.validation else volumes
     val = _validation_set(val_volumes, cfg)
-    sampler = PatchSampler(volumes, cfg, seed=cfg.seed)
+    sampler = PatchSampler(volumes, cfg, seed=cfg.seed + 1000 * rank)  # each rank draws its own patches
 
     if cfg.init_weights:
         net, _ = load_model(cfg.init_weights, device="cpu", expect_architecture=cfg.architecture)
@@ -94,15 +137,22 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     step, elapsed, history = 0, 0.0, []
     last = ckpt_dir / "last.pt"
     if last.is_file():
-        state = torch.load(last, map_location=device, weights_only=False)
+        state = torch.load(last, map_location=device, weights_only=True)
         if state.get("architecture") == cfg.architecture and state.get("network") == net.config:
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             step, elapsed, history = state["step"], state["elapsed"], state["history"]
-            sampler.rng = np.random.default_rng(cfg.seed + step)
+            sampler.rng = np.random.default_rng(cfg.seed + 1000 * rank + step)
             log(f"resumed from {last} at step {step} ({elapsed / 60:.1f} min trained)")
         else:
             log(f"ignoring {last}: it holds another architecture")
+    model = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[torch.cuda.current_device()] if device.startswith("cuda")
+                                        else None)
+        log(f"DistributedDataParallel over {world} processes ({'NCCL' if device.startswith('cuda') else 'gloo'})")
     total_steps = cfg.epochs * cfg.steps_per_epoch
     budget = cfg.wall_minutes * 60 if cfg.wall_minutes else float("inf")
     log(f"training {cfg.architecture} {net.config} on {device}"
@@ -110,13 +160,15 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         f"{total_steps} steps of {cfg.batch_size}×{cfg.patch_size}, wall budget {cfg.wall_minutes or '∞'} min")
 
     def save() -> None:
+        if rank != 0:
+            return
         tmp = last.with_suffix(".tmp")
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
                     "history": history, "architecture": cfg.architecture, "network": net.config}, tmp)
         tmp.replace(last)
 
     start, run_losses = time.perf_counter() - elapsed, []
-    while step < total_steps and elapsed < budget:
+    while not _agree(step >= total_steps or elapsed >= budget, world):
         frac = max(step / total_steps, elapsed / budget if math.isfinite(budget) else 0.0)
         for g in opt.param_groups:
             g["lr"] = cfg.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
@@ -125,7 +177,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         mask = None if mask is None else mask.to(device)
         with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu",
                             dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            est = net(x, level)
+            est = model(x, level)
         loss = training_loss(est.float(), y, level, mask, cfg.loss)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -136,7 +188,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         run_losses.append(float(loss.detach()))
         step += 1
         elapsed = time.perf_counter() - start
-        if step % cfg.steps_per_epoch == 0 or step >= total_steps or elapsed >= budget:
+        if rank == 0 and (step % cfg.steps_per_epoch == 0 or step >= total_steps or elapsed >= budget):
             rec = {"step": step, "epoch": step / cfg.steps_per_epoch, "minutes": round(elapsed / 60, 2),
                    "lr": opt.param_groups[0]["lr"], "train_loss": float(np.mean(run_losses)),
                    **validate(net, val, cfg, device)}
@@ -147,9 +199,20 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                 f.write(json.dumps(rec) + "\n")
             log(f"epoch {rec['epoch']:.0f} step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} "
                 f"val PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
-    record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history}
-    if cfg.export:
+    record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "world_size": world}
+    if world > 1:
+        import torch.distributed as dist
+
+        # every rank records the digest of its weights: DDP keeps them identical (the multi-process test checks it)
+        (ckpt_dir / f"rank{rank}.sha256").write_text(_parameter_digest(net) + "\n")
+        dist.barrier()
+    if cfg.export and rank == 0:
         record["export"] = str(export(net, cfg, record, log))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     return record
 
 

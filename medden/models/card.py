@@ -6,12 +6,12 @@ network expects, the noise range it was trained on and the training record (data
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medden.data import sha256_file
 from medden.errors import MeddenError
 
 CARD_FORMAT = 1
@@ -69,14 +69,6 @@ class ModelCard:
             raise ModelError(f"model card is missing a field or has a wrong one: {exc}") from None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_model(net, card: ModelCard, path: str | Path) -> Path:
     """Write ``net``'s tensors to ``path`` (``.safetensors``) and ``card`` beside it (``.json``); returns the
     weights path. The card records the weights' SHA-256."""
@@ -88,7 +80,7 @@ def save_model(net, card: ModelCard, path: str | Path) -> Path:
     save_file(state, str(path), metadata={"architecture": card.architecture, "name": card.name})
     card.architecture = getattr(net, "architecture", card.architecture)
     card.config = dict(net.config)
-    card.sha256 = _sha256(path)
+    card.sha256 = sha256_file(path)
     path.with_suffix(".json").write_text(card.to_json() + "\n")
     return path
 

@@ -93,6 +93,10 @@ def denoise(
     shard: Optional[str] = typer.Option(None, "--shard", help="Batch: process shard K/N (K from 0, e.g. "
                                                               "$SLURM_ARRAY_TASK_ID/N)."),
     anonymize: bool = typer.Option(False, "--anonymize", help="Replace patient identifiers in DICOM outputs."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="--method diffusion: posterior samples."),
+    uncertainty: Optional[Path] = typer.Option(None, "--uncertainty", help="--method diffusion: write the per-voxel "
+                                                                           "posterior standard deviation here."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="--method diffusion: random seed (reproducible)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
@@ -104,6 +108,10 @@ def denoise(
     params = parse_params(param)
     sigma_value = parse_sigma(sigma)
     medden.inference.resolve_device(device)
+    if samples is not None or seed is not None or uncertainty is not None:
+        if method != "diffusion":
+            raise ParameterError("--samples, --seed and --uncertainty apply to --method diffusion")
+        params.update({k: v for k, v in (("samples", samples), ("seed", seed)) if v is not None})
     if not input.exists():
         raise MeddenError(f"{input} does not exist")
     if batch or shard is not None or is_study_folder(input):
@@ -113,6 +121,8 @@ def denoise(
                                            overwrite, quiet))
     output = output or default_output_path(input)
     check_output_path(output, overwrite=overwrite, inputs=(input,))
+    if uncertainty is not None:
+        check_output_path(uncertainty, overwrite=overwrite, inputs=(input, output))
     with _steps(quiet) as step:
         step(f"Loading {input}")
         volume = with_modality(medden.load_volume(input, series_uid=series_uid), modality)
@@ -121,17 +131,39 @@ def denoise(
         spec.resolve_params(params)
         step(f"Denoising with {spec.name} ({'estimating noise, ' if sigma_value == 'auto' else ''}"
              f"{volume.shape[0]}×{volume.shape[1]}×{volume.shape[2]} voxels)")
-        result = medden.denoise(volume, method=spec.name, sigma=sigma_value, device=device, **params)
+        if uncertainty is not None:
+            result, std = posterior_with_progress(volume, sigma_value, device, params, quiet)
+        else:
+            result = medden.denoise(volume, method=spec.name, sigma=sigma_value, device=device, **params)
         step(f"Writing {output}")
         prov = provenance_record(volume, result, input_path=input, output_path=output,
                                  series_uid=volume.meta.get("series_uid") or None)
         medden.save_volume(result, output, overwrite=overwrite, description=f"medden {spec.name}", protect=(input,),
                            provenance=prov, anonymize=anonymize)
+        if uncertainty is not None:
+            medden.save_volume(std, uncertainty, overwrite=overwrite, description="medden diffusion posterior std",
+                               protect=(input, output), provenance={**prov, "output": str(uncertainty),
+                                                                    "content": "posterior standard deviation"},
+                               anonymize=anonymize)
     if not quiet:
         rec = result.meta["denoise"]
         out.print(f"modality {volume.modality} ({volume.meta.get('modality_source', '')})")
         out.print(f"{output}  [{spec.name}, sigma {rec['sigma']:.4g} ({rec['sigma_source']}), "
                   f"{rec['seconds']:.1f} s on {rec['device']}]")
+
+
+def posterior_with_progress(volume, sigma, device: str, params: dict, quiet: bool):
+    """Posterior mean and standard deviation of the diffusion method, with a bar over samples × steps."""
+    from rich.progress import BarColumn, MofNCompleteColumn
+
+    from medden.denoisers.diffusion import posterior_volume
+
+    with Progress(TextColumn("posterior sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, disable=quiet or not err.is_terminal) as progress:
+        task = progress.add_task("sampling", total=None)
+        return posterior_volume(volume, sigma=sigma, device=device,
+                                progress=lambda done, total: progress.update(task, completed=done, total=total),
+                                **params)
 
 
 def is_study_folder(path: Path) -> bool:

@@ -16,6 +16,7 @@ from medden.volume import Volume
 from medden.denoisers import classical  # noqa: E402,F401
 from medden.denoisers import block_matching  # noqa: E402,F401
 from medden.denoisers import deep  # noqa: E402,F401
+from medden.denoisers import diffusion  # noqa: E402,F401
 
 __all__ = ["denoise", "list_methods", "get_method", "default_method", "register", "Param", "DenoiserSpec",
            "estimate_sigma"]

@@ -1,0 +1,471 @@
+"""Diffusion-prior denoising by posterior sampling: a denoised volume (the posterior mean) and a per-voxel map of how
+much the posterior samples disagree (their standard deviation) — "what did the denoiser invent?".
+
+Sampler (DiffPIR, Zhu et al., "Denoising diffusion models for plug-and-play image restoration", CVPR Workshops 2023)
+---------------------------------------------------------------------------------------------------------------------
+The prior (:mod:`medden.models.diffusion`) is a DDPM (Ho et al., NeurIPS 2020) of axial slice stacks in units
+``z = 2·(x − offset)/scale − 1``. A measurement ``y = x + σ·n`` scaled by ``√ᾱ_t`` is distributed exactly as the
+diffused ``x_t`` when ``σ̄_t = √((1 − ᾱ_t)/ᾱ_t)`` equals σ, so sampling starts at that step ``t*`` from
+``x_{t*} = √ᾱ_{t*}·y`` (Kawar et al. make the same observation for DDRM, NeurIPS 2022): a denoising task needs only
+the few steps from ``t*`` down to 0 (``steps``, spread evenly), not the thousand of an unconditional sample. Each step
+
+1. predicts ``x̂₀ = (x_t − √(1−ᾱ_t)·ε̂(x_t, t))/√ᾱ_t`` with the prior (every slice with its neighbours, from the same
+   ``x_t``);
+2. **data consistency**: replaces ``x̂₀`` by the proximal point of the negative log-likelihood,
+   ``argmin_x −log p(y | x) + λ/(2σ̄_t²)·‖x − x̂₀‖²`` (DiffPIR's ``ρ_t = λσ²/σ̄_t²``), so early steps lean on the
+   measurement and late ones on the prior; ``λ`` is ``guidance``;
+3. re-noises to the next step, ``x_{t'} = √ᾱ_{t'}·x̂₀ + √(1−ᾱ_{t'})·(√(1−ζ)·ε̂' + √ζ·ε)`` with fresh ``ε``
+   (``ζ = 1``: ancestral, the source of the samples' diversity).
+
+Likelihoods (``likelihood``)
+----------------------------
+* ``gaussian`` — closed-form proximal step ``x = (y/σ² + λx̂₀/σ̄²)/(1/σ² + λ/σ̄²)``, per voxel when σ is a noise map.
+  Low-dose CT uses this **weighted-Gaussian** form with the CT noise map of :func:`medden.noise.ct_noise_map`
+  (image-domain FBP noise is close to Gaussian with a spatially varying variance; its in-plane correlation is
+  ignored here).
+* ``rician`` — MR magnitude. The start uses the power-image bias correction ``√max(y² − 2σ², 0)`` (``E[y²] = x² + 2σ²``;
+  McGibney & Smith, Med Phys 1993; Gudbjartsson & Patz, MRM 1995) and each proximal step solves the exact Rician
+  likelihood ``−log p(y|x) = x²/2σ² − log I₀(xy/σ²)`` by the fixed point
+  ``x ← (y·A(xy/σ²)/σ² + λx̂₀/σ̄²)/(1/σ² + λ/σ̄²)``, ``A = I₁/I₀`` (the EM-type iteration of the Rician ML estimator,
+  Sijbers et al., IEEE TMI 1998), which reduces to the Gaussian step at high SNR (``A → 1``).
+* ``poisson`` — counts (PET/SPECT-like) or Poisson–Gaussian: the **weighted-Gaussian** approximation of the Poisson
+  likelihood (penalised weighted least squares, Sauer & Bouman, IEEE TSP 1993) with variance ``a·x + b``, ``(a, b)``
+  fitted to the scan by :func:`medden.noise.poisson_gaussian_params` and re-evaluated at the current ``x̂₀`` each step
+  (not at the noisy ``y``, which would bias low counts; the reason we prefer it to the Anscombe transform, whose
+  algebraic inverse is biased at low counts — Mäkitalo & Foi, IEEE TIP 2011).
+* ``auto`` — ``rician`` for non-negative data, ``gaussian`` (with the CT noise map when ``sigma`` was estimated)
+  otherwise.
+
+Outputs
+-------
+``samples`` chains give the posterior mean and the standard deviation ``c·s·√(1 + 1/n)`` (``s`` the sample standard
+deviation, ddof 1): the spread of the truth around the returned **mean**, which includes the Monte-Carlo error of a
+mean of ``n`` samples. ``c`` is the prior card's ``uncertainty_scale``: a short-trained prior's samples disagree less
+than its errors, so at export the spread is recalibrated on held-out validation data (σ-scaling, Levi et al. 2019;
+Kuleshov et al., ICML 2018) — ``calibrated=False`` returns the raw spread (``c = 1``). With one sample the map is
+zero.
+
+Volumes go through the sampler in slabs along the slice axis (the coarsest-spacing axis, else the last) that overlap
+by ``2·margin`` slices and are blended with linear ramps, so memory is bounded by one slab's buffers.
+"""
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from medden.denoisers.registry import Param, register
+from medden.errors import ParameterError
+
+Progress = Callable[[int, int], None]
+
+#: Bytes of working memory per slab voxel (input, noise map, chain state, x̂₀, two accumulators, blending, headroom).
+BYTES_PER_SLAB_VOXEL = 48
+#: Bytes of network activations per slice pixel per slice in a batch (16-channel 2D U-Net, measured order, headroom).
+BYTES_PER_SLICE_PIXEL = 1200
+
+# Set by :func:`posterior_volume` around its :func:`medden.denoise` call so the registered function hands back the
+# standard deviation and reports progress without a second calling convention.
+_CAPTURE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("medden_diffusion_capture", default=None)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the prior and the units
+# ---------------------------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=2)
+def _cached_prior(path: str, mtime: float, device: str):
+    from medden.models.diffusion import load_prior
+
+    return load_prior(path, device=device)
+
+
+def _normalisation(data: np.ndarray, card) -> tuple[float, float]:
+    """``(offset, scale)`` so that ``z = 2·(x − offset)/scale − 1`` puts the data in the prior's ``[-1, 1]`` units.
+
+    Percentile normalisation (MR): offset 0, scale the 99.9th percentile of the non-zero voxels (a zero background
+    maps to −1). Data with negative values (CT in HU) under a percentile card are shifted so the minimum (air,
+    bounded at −1024 HU) maps to −1. A ``fixed`` card gives offset and scale directly."""
+    norm = getattr(card, "normalisation", None)
+    if norm is not None and norm.kind == "fixed":
+        return float(norm.offset), float(norm.scale)
+    q = norm.percentile if norm is not None else 99.9
+    flat = data.reshape(-1)
+    if flat.size > 4_000_000:
+        flat = flat[:: flat.size // 2_000_000]
+    lowest = float(flat.min())
+    offset = 0.0 if lowest >= 0 else max(lowest, -1024.0)
+    shifted = np.abs(flat - offset)
+    nonzero = shifted[shifted != 0]
+    scale = float(np.percentile(nonzero, q)) if nonzero.size else 1.0
+    return offset, scale if scale > 0 else 1.0
+
+
+def slice_axis(spacing) -> int:
+    """The axis sampled slice by slice: the coarsest-spacing one when it is > 1.2× the finest, else the last."""
+    sp = np.asarray(spacing if spacing is not None else (1.0, 1.0, 1.0), dtype=float)
+    return int(np.argmax(sp)) if sp.max() > 1.2 * sp.min() else 2
+
+
+def _timesteps(t_star: int, steps: int) -> list[int]:
+    """``steps`` (at most ``t* + 1``) distinct integer steps from ``t*`` down to 0."""
+    n = max(1, min(int(steps), t_star + 1))
+    return sorted({int(round(v)) for v in np.linspace(t_star, 0, n)}, reverse=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the sampler on one slab (torch, slice axis first)
+# ---------------------------------------------------------------------------------------------------------------------
+class _Likelihood:
+    """The data-consistency (proximal) step and the start point of one likelihood, in network units."""
+
+    def __init__(self, kind: str, y, var, *, scale: float, offset: float, poisson_ab=None) -> None:
+        self.kind, self.y, self.var = kind, y, var  # var: σ² in network units (tensor broadcastable to y)
+        self.scale, self.offset, self.ab = scale, offset, poisson_ab
+
+    def start(self):
+        """The measurement as an estimate of ``x₀`` plus noise of variance ``var`` (network units)."""
+        import torch
+
+        if self.kind != "rician":
+            return self.y
+        m, var_m = (self.y + 1) / 2, self.var / 4  # magnitude in units of the scale
+        return 2 * torch.sqrt(torch.clamp(m * m - 2 * var_m, min=0)) - 1
+
+    def variance(self, x0):
+        """σ² (network units) of the measurement at ``x₀``: fixed, or Poisson–Gaussian ``a·x + b`` at ``x₀``."""
+        import torch
+
+        if self.kind != "poisson":
+            return self.var
+        a, b = self.ab
+        phys = torch.clamp((x0 + 1) / 2 * self.scale + self.offset, min=0)
+        return torch.clamp(a * phys + b, min=1e-12) * (2 / self.scale) ** 2
+
+    def prox(self, x0, sb2: float, lam: float, iterations: int = 3):
+        """``argmin_x −log p(y|x) + λ/(2σ̄²)‖x − x₀‖²``."""
+        import torch
+
+        if not lam < float("inf"):
+            return x0
+        w_prior = lam / sb2
+        if self.kind == "rician":
+            y_m, x0_m = (self.y + 1) / 2, torch.clamp((x0 + 1) / 2, min=0)
+            var_m, wp = self.var / 4, w_prior * 4  # σ̄² in magnitude units is sb2/4
+            m = x0_m
+            for _ in range(iterations):
+                u = m * y_m / var_m
+                ratio = torch.special.i1e(u) / torch.special.i0e(u)
+                m = (y_m * ratio / var_m + wp * x0_m) / (1 / var_m + wp)
+            return 2 * m - 1
+        w_data = 1 / torch.clamp(self.variance(x0), min=1e-12)
+        return (w_data * self.y + w_prior * x0) / (w_data + w_prior)
+
+
+def _predict_x0(net, x, t: int, *, batch: int, dtype, device: str):
+    """``x̂₀`` for every slice of ``x`` (``[Z, H, W]``, all at step ``t``), slices in batches with their neighbours."""
+    import torch
+    import torch.nn.functional as F
+
+    nz, h, w = x.shape
+    k, mult = net.neighbours, net.multiple
+    ph, pw = (-h) % mult, (-w) % mult
+    a = float(net.alphas_cumprod[t])
+    out = torch.empty_like(x)
+    offsets = torch.arange(-k, k + 1, device=x.device)
+    for b0 in range(0, nz, batch):
+        idx = torch.arange(b0, min(nz, b0 + batch), device=x.device)
+        nb = (idx[:, None] + offsets[None, :]).abs()  # reflect at the slab's ends
+        nb = torch.where(nb > nz - 1, 2 * (nz - 1) - nb, nb).clamp(0, nz - 1)
+        stack = x[nb]  # [B, 2k+1, H, W]
+        if ph or pw:
+            stack = F.pad(stack, (0, pw, 0, ph), mode="replicate")
+        tt = torch.full((len(idx),), t, device=x.device, dtype=torch.long)
+        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu",
+                            dtype=dtype or torch.float32, enabled=dtype is not None):
+            eps = net(stack, tt).float()[:, 0, :h, :w]
+        out[idx] = (x[idx] - math.sqrt(1 - a) * eps) / math.sqrt(a)
+    return out
+
+
+def _sample_slab(net, lik: _Likelihood, t_star: int, ts: list[int], *, generator, lam: float, zeta: float,
+                 batch: int, dtype, device: str, tick: Callable[[], None]):
+    """One posterior sample of a slab (network units, ``[Z, H, W]``)."""
+    import torch
+
+    acp = net.alphas_cumprod
+    a_star = float(acp[t_star])
+    y0 = lik.start()
+    # top up the measurement's noise to exactly σ̄(t*) where it is lower (discretised t*, noise maps)
+    extra = torch.clamp((1 - a_star) / a_star - lik.var, min=0)
+    x = math.sqrt(a_star) * (y0 + torch.sqrt(extra) * torch.randn(y0.shape, generator=generator, device=y0.device))
+    x0 = x
+    for i, t in enumerate(ts):
+        a = float(acp[t])
+        x0 = _predict_x0(net, x, t, batch=batch, dtype=dtype, device=device).clamp_(-1.0, 3.0)
+        x0 = lik.prox(x0, (1 - a) / a, lam)
+        tick()
+        if i + 1 == len(ts):
+            break
+        ap = float(acp[ts[i + 1]])
+        eps_hat = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        x = math.sqrt(ap) * x0 + math.sqrt(1 - ap) * (math.sqrt(1 - zeta) * eps_hat + math.sqrt(zeta) * noise)
+    return x0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the public function
+# ---------------------------------------------------------------------------------------------------------------------
+def posterior(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str = "cpu", samples: int = 8,
+              steps: int = 6, seed: int = 0, likelihood: str = "auto", guidance: float = 0.0,
+              stochasticity: float = 1.0, weights: str | Path = "", precision: str = "auto", noise=None,
+              prior=None, slab: int | None = None, calibrated: bool = True, progress: Progress | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Sample the posterior of the clean volume under the diffusion prior: ``(mean, std)`` in the data's units.
+
+    Parameters
+    ----------
+    data : 3D float array in physical units (MR signal, HU, counts).
+    sigma : noise standard deviation in the data's units — per real/imaginary channel for Rician MR — a float, or a
+        noise map of the data's shape (Gaussian likelihood only).
+    spacing : voxel size (mm); the coarsest axis (if clearly coarser) is the slice axis.
+    device : ``"cpu"`` or ``"cuda"``.
+    samples : posterior samples (≥ 1); the standard deviation needs ≥ 2.
+    steps : reverse-diffusion steps from ``t*`` (the step whose noise level matches σ) down to 0.
+    seed : seeds every random draw: the same seed on the same device type gives the same result.
+    likelihood : ``auto``, ``gaussian``, ``rician`` or ``poisson`` (see the module docstring).
+    guidance : λ of the data-consistency step (DiffPIR's ``ρ_t = λσ²/σ̄_t²``); ``inf`` switches it off; 0 (default)
+        takes the value tuned on validation data and recorded on the prior's card (1 without a card).
+    stochasticity : ζ in [0, 1], the fraction of fresh noise when re-noising (1: ancestral sampling).
+    weights : a diffusion prior ``.safetensors`` (with its ``.json`` card); empty: the shipped MR prior.
+    precision : autocast precision of the network (``auto``, ``fp32``, ``bf16``, ``fp16``).
+    noise : a :class:`medden.noise.NoiseEstimate`; its CT noise map, when present, weights the Gaussian likelihood.
+    prior : a :class:`medden.models.diffusion.SlicePrior` to use instead of loading ``weights`` (tests, notebooks).
+    slab : slices per slab along the slice axis; None: the whole volume when it fits the memory budget.
+    calibrated : multiply the standard deviation by the card's ``uncertainty_scale`` (fitted on validation data at
+        export, see :func:`medden.training.diffusion.calibrate_sampler`); False gives the raw sample spread.
+    progress : called as ``progress(done, total)`` after every reverse step of every sample.
+
+    Returns
+    -------
+    (mean, std)
+        float32 arrays of the data's shape: the posterior mean and the per-voxel standard deviation of its error.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from medden.models.diffusion import build_prior
+    >>> x = np.random.default_rng(0).normal(100, 5, (24, 24, 6)).astype("float32")
+    >>> mean, std = posterior(x, 5.0, samples=2, steps=2, prior=build_prior(channels=(8, 8), norm_num_groups=4))
+    >>> mean.shape == std.shape == x.shape and bool((std >= 0).all())
+    True
+    """
+    import torch
+
+    from medden.inference import autocast_dtype, free_memory
+    from medden.models.diffusion import t_for_sigma
+
+    x = np.asarray(data, dtype=np.float32)
+    if x.ndim != 3:
+        raise ParameterError(f"diffusion denoising needs a 3D volume, got shape {x.shape}")
+    if int(samples) != samples or samples < 1:
+        raise ParameterError(f"samples must be a positive integer, got {samples}")
+    if int(steps) != steps or steps < 1:
+        raise ParameterError(f"steps must be a positive integer, got {steps}")
+    if not guidance >= 0:
+        raise ParameterError(f"guidance must be >= 0 (0: the prior card's tuned value), got {guidance}")
+    if not 0 <= stochasticity <= 1:
+        raise ParameterError(f"stochasticity must be in [0, 1], got {stochasticity}")
+    if likelihood not in ("auto", "gaussian", "rician", "poisson"):
+        raise ParameterError(f"likelihood must be auto, gaussian, rician or poisson, got {likelihood!r}")
+    noise_map = np.ndim(sigma) == 3
+    if noise_map and np.shape(sigma) != x.shape:
+        raise ParameterError(f"noise map shape {np.shape(sigma)} differs from the data's {x.shape}")
+    if prior is not None:
+        net, card = prior.to(device).eval(), None
+    else:
+        from medden.models.diffusion import shipped_prior_path
+
+        path = Path(weights) if weights else shipped_prior_path()
+        if path.is_file():
+            net, card = _cached_prior(str(path.resolve()), path.stat().st_mtime, device)
+        else:
+            net, card = _cached_prior(str(path), 0.0, device)  # raises the clear ModelError
+    sig_global = float(np.median(sigma)) if noise_map else float(sigma)
+    if not np.isfinite(sig_global) or sig_global < 0:
+        raise ParameterError(f"sigma must be a finite number ≥ 0, got {sig_global}")
+    if sig_global == 0 or x.size == 0:
+        return x.copy(), np.zeros_like(x)
+
+    kind = likelihood
+    if kind == "auto":
+        kind = "rician" if float(x.min()) >= 0 else "gaussian"
+    if kind == "rician" and noise_map:
+        raise ParameterError("the Rician likelihood takes one sigma, not a noise map")
+    if kind == "rician" and float(x.min()) < 0:
+        raise ParameterError("the Rician likelihood needs non-negative magnitude data")
+    sigma_arr = sigma
+    if kind == "gaussian" and not noise_map and noise is not None and getattr(noise, "noise_map", None) is not None:
+        sigma_arr, noise_map = np.asarray(noise.noise_map, dtype=np.float32), True  # CT: weighted Gaussian
+    poisson_ab = None
+    if kind == "poisson":
+        from medden.errors import InputError
+        from medden.noise.estimate import poisson_gaussian_params
+
+        try:
+            a, b = poisson_gaussian_params(x, mask=x > 0)
+            poisson_ab = (max(a, 1e-12), max(b, 0.0))
+        except InputError:  # too little structure to fit a line: fall back to the Gaussian form with sigma
+            kind = "gaussian"
+
+    tuned = (card.noise.get("sampler", {}) if card is not None and isinstance(card.noise, dict) else {})
+    if not guidance:  # 0: the λ tuned on validation data and recorded on the card
+        guidance = float(tuned.get("guidance", 1.0))
+    std_scale = float(tuned.get("uncertainty_scale", 1.0)) if calibrated else 1.0
+    offset, scale = _normalisation(x, card)
+    to_net = 2.0 / scale
+    sig_net = sig_global * to_net
+    if sig_net > net.sigma_max:
+        raise ParameterError(f"noise sigma {sig_global:.4g} is {sig_net / 2:.1%} of the intensity scale, beyond the "
+                             f"{net.sigma_max / 2:.1%} the diffusion prior was trained for")
+    t_star = t_for_sigma(net, sig_net)
+    ts = _timesteps(t_star, steps)
+
+    axis = slice_axis(spacing)
+    xs = np.moveaxis(x, axis, 0)  # slice axis first
+    smap = np.moveaxis(np.asarray(sigma_arr, dtype=np.float32), axis, 0) if noise_map else None
+    nz, h, w = xs.shape
+    gpu = device.startswith("cuda")
+    budget = 0.5 * free_memory(device) if gpu else min(1.5e9, 0.4 * free_memory(device))
+    batch = int(max(1, min(64 if gpu else 16, budget // 2 // max(1, h * w * BYTES_PER_SLICE_PIXEL))))
+    margin = min(nz, max(2, len(ts)))
+    if slab is None:
+        per_slice = h * w * BYTES_PER_SLAB_VOXEL
+        slab = nz if nz * per_slice <= budget / 2 else max(2 * margin + 1, int(budget / 2 // per_slice) - 2 * margin)
+    slab = max(1, int(slab))
+    margin = min(margin, max(1, slab // 2))
+    cores = [(z0, min(nz, z0 + slab)) for z0 in range(0, nz, slab)]
+    dtype = autocast_dtype(device, precision)
+    total = len(cores) * int(samples) * len(ts)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    mean_acc = np.zeros(xs.shape, np.float64)
+    var_acc = np.zeros(xs.shape, np.float64)
+    w_acc = np.zeros(nz, np.float64)
+    with torch.inference_mode():
+        for si, (z0, z1) in enumerate(cores):
+            a, b = (max(0, z0 - margin), min(nz, z1 + margin)) if len(cores) > 1 else (z0, z1)
+            y = torch.from_numpy(np.ascontiguousarray(xs[a:b])).to(device)
+            y = (y - offset) * to_net - 1
+            if smap is not None:
+                var = (torch.from_numpy(np.ascontiguousarray(smap[a:b])).to(device) * to_net) ** 2
+            else:
+                var = torch.full((1, 1, 1), sig_net ** 2, device=device)
+            lik = _Likelihood(kind, y, var, scale=scale, offset=offset, poisson_ab=poisson_ab)
+            m = torch.zeros_like(y)
+            m2 = torch.zeros_like(y)
+            for k in range(int(samples)):
+                gen = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + si * 10_007 + k)
+                s = _sample_slab(net, lik, t_star, ts, generator=gen, lam=float(guidance), zeta=float(stochasticity),
+                                 batch=batch, dtype=dtype, device=device, tick=tick)
+                delta = s - m  # Welford's running mean and sum of squared deviations
+                m += delta / (k + 1)
+                m2 += delta * (s - m)
+            n = int(samples)
+            std = std_scale * torch.sqrt(m2 / (n - 1) * (1 + 1 / n)) if n > 1 else torch.zeros_like(m)
+            # linear ramps over the overlaps (the two windows' weights sum to 1 there), flat in the core
+            zz = np.arange(a, b, dtype=np.float64)
+            ramp = np.ones(b - a)
+            if a < z0:
+                ramp = np.minimum(ramp, (zz - a + 1) / (2 * (z0 - a) + 1))
+            if b > z1:
+                ramp = np.minimum(ramp, (b - zz) / (2 * (b - z1) + 1))
+            ramp = ramp[:, None, None]
+            mean_acc[a:b] += ramp * ((m.cpu().numpy() + 1) / to_net + offset)
+            var_acc[a:b] += ramp * (std.cpu().numpy() / to_net) ** 2
+            w_acc[a:b] += ramp[:, 0, 0]
+            del y, var, lik, m, m2, std
+    wz = np.maximum(w_acc, 1e-12)[:, None, None]
+    mean = np.moveaxis((mean_acc / wz).astype(np.float32), 0, axis)
+    std = np.moveaxis(np.sqrt(var_acc / wz).astype(np.float32), 0, axis)
+    return np.ascontiguousarray(mean), np.ascontiguousarray(std)
+
+
+def _available() -> bool:
+    from medden.models.diffusion import prior_available
+
+    return prior_available()
+
+
+@register("diffusion", family="diffusion", quality_rank=90, gpu=True, modalities=("MR", "CT"),
+          availability=_available, uses_noise_estimate=True,
+          summary="posterior sampling with a 2.5D diffusion prior (DiffPIR): posterior mean, uncertainty map via "
+                  "medden.denoisers.diffusion.posterior_volume",
+          params=(Param("samples", 8, "", "posterior samples averaged (the uncertainty map needs >= 2)"),
+                  Param("steps", 6, "", "reverse-diffusion steps from the step matching the noise level down to 0"),
+                  Param("seed", 0, "", "seed of every random draw (same seed and device type: same output)"),
+                  Param("likelihood", "auto", "", "noise model of the data-consistency step",
+                        choices=("auto", "gaussian", "rician", "poisson")),
+                  Param("guidance", 0.0, "", "weight λ of the data-consistency step (DiffPIR); 0 = tuned value on the "
+                                             "prior's card"),
+                  Param("weights", "", "", "a diffusion prior (.safetensors with its .json card); empty = shipped"),
+                  Param("precision", "auto", "", "autocast precision", choices=("auto", "fp32", "bf16", "fp16"))))
+def diffusion(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str = "cpu", noise=None, samples: int = 8,
+              steps: int = 6, seed: int = 0, likelihood: str = "auto", guidance: float = 0.0, weights: str = "",
+              precision: str = "auto") -> np.ndarray:
+    """The posterior mean of :func:`posterior` (the registry's calling convention: one array back).
+
+    Inside :func:`posterior_volume` the standard deviation is handed back to it and progress is reported."""
+    capture = _CAPTURE.get()
+    mean, std = posterior(data, sigma, spacing=spacing, device=device, samples=samples, steps=steps, seed=seed,
+                          likelihood=likelihood, guidance=guidance, weights=weights, precision=precision, noise=noise,
+                          progress=capture.get("progress") if capture else None)
+    if capture is not None:
+        capture["std"] = std
+    return mean
+
+
+def posterior_volume(volume, sigma: float | str = "auto", device: str = "auto", progress: Progress | None = None,
+                     **params: Any):
+    """Denoise a :class:`~medden.volume.Volume` by posterior sampling: ``(mean volume, std volume)``.
+
+    Exactly :func:`medden.denoise` with ``method="diffusion"`` (same noise estimation, parameters and provenance in
+    ``meta['denoise']``), plus the per-voxel standard deviation as a second volume of the same geometry and units.
+
+    Parameters
+    ----------
+    volume : the scan.
+    sigma : noise standard deviation in the volume's units, or ``"auto"``.
+    device : ``auto``, ``cpu`` or ``cuda``.
+    progress : ``progress(done, total)`` over samples × steps (× slabs).
+    **params : the method's parameters (``samples``, ``steps``, ``seed``, ...; see ``medden methods``).
+    """
+    import medden
+
+    token = _CAPTURE.set({"progress": progress})
+    try:
+        mean = medden.denoise(volume, method="diffusion", sigma=sigma, device=device, **params)
+        std = _CAPTURE.get()["std"]
+    finally:
+        _CAPTURE.reset(token)
+    rec = mean.meta["denoise"]
+    step = (f"posterior standard deviation of medden diffusion ({rec['params']['samples']} samples, "
+            f"sigma={rec['sigma']:.4g})")
+    std_vol = mean.with_data(std.astype(np.float32), step=step, denoise={**rec, "output": "posterior std"})
+    # a standard deviation of a few units must not be rounded into the source's integer type: NIfTI and ITK outputs
+    # of the map are float32 (DICOM keeps the series' stored type and rescale)
+    meta = {k: v for k, v in std_vol.meta.items() if k not in ("scl_slope", "scl_inter", "stored_pixel_id")}
+    if "stored_dtype" in meta:
+        meta["stored_dtype"] = "float32"
+    return mean, dataclasses.replace(std_vol, meta=meta)

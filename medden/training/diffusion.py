@@ -179,7 +179,7 @@ def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int
     step, elapsed, history = 0, 0.0, []
     last = ckpt / "last.pt"
     if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = torch.load(last, map_location="cpu", weights_only=True)
         if state.get("config") == net.config:
             net.load_state_dict(state["model"])
             ema_net.load_state_dict(state["ema"])

@@ -102,9 +102,6 @@ def load_model(path: str | Path, device: str = "cpu", expect_architecture: str |
     Raises :class:`ModelError` when the file is missing or corrupt, when its tensors do not match the card's
     architecture, or when ``expect_architecture`` is given and differs.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from medden.models.networks import build_network
 
     path = Path(path)
@@ -113,15 +110,25 @@ def load_model(path: str | Path, device: str = "cpu", expect_architecture: str |
     card = read_card(path)
     if expect_architecture and card.architecture != expect_architecture:
         raise ModelError(f"{path} holds a {card.architecture} model, not the expected {expect_architecture}")
+    net = build_network(card.architecture, **card.config)
+    load_weights_into(net, path, card)
+    return net.to(device).eval(), card
+
+
+def load_weights_into(net, path: Path, card: ModelCard) -> dict:
+    """Read the safetensors file ``path`` into ``net`` (strict); a corrupt file or weights of another architecture
+    raise :class:`ModelError`. Returns the state dict read."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"weights file {path} is corrupt or not a safetensors file ({exc})") from None
-    net = build_network(card.architecture, **card.config)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise ModelError(f"weights in {path} do not fit a {card.architecture} network with config {card.config} "
                          f"(another architecture's weights?): {first}") from None
-    return net.to(device).eval(), card
+    return state

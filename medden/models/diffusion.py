@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medden.models.card import ModelCard, ModelError, read_card
+from medden.models.card import ModelCard, ModelError, load_weights_into, read_card
 
 ARCHITECTURE = "diffusion-unet2.5d"
 #: The shipped prior (MR), in ``medden/models/weights/``.
@@ -128,9 +128,6 @@ def load_prior(path: str | Path | None = None, device: str = "cpu") -> tuple[Sli
     Raises :class:`~medden.models.ModelError` when the file or its card is missing, when the file is corrupt, when the
     card names another architecture, or when the tensors do not fit the card's configuration.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path) if path else shipped_prior_path()
     if not path.is_file():
         raise ModelError(f"diffusion prior weights {path} not found"
@@ -138,17 +135,8 @@ def load_prior(path: str | Path | None = None, device: str = "cpu") -> tuple[Sli
     card = read_card(path)
     if card.architecture != ARCHITECTURE:
         raise ModelError(f"{path} holds a {card.architecture} model, not a diffusion prior ({ARCHITECTURE})")
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"weights file {path} is corrupt or not a safetensors file ({exc})") from None
     net = build_prior(**card.config)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelError(f"weights in {path} do not fit a {ARCHITECTURE} network with config {card.config} "
-                         f"(another architecture's weights?): {first}") from None
+    state = load_weights_into(net, path, card)
     if not all(torch.isfinite(v).all() for v in state.values()):
         raise ModelError(f"weights in {path} hold NaN or Inf values")
     return net.to(device).eval(), card

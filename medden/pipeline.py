@@ -294,7 +294,7 @@ def _process(item: StudyItem, out_path: Path, record: dict, method: str, sigma, 
         result = denoise(volume, method=chosen, sigma=sigma, device=device, **params)
         prov = provenance_record(volume, result, input_path=item.source, output_path=out_path,
                                  series_uid=item.series_uid, input_sha256=input_sha)
-        save_volume(result, out_path, overwrite=True if overwrite or previous else overwrite, protect=(item.source,),
+        save_volume(result, out_path, overwrite=overwrite or bool(previous), protect=(item.source,),
                     description=f"medden {chosen}", provenance=prov, anonymize=anonymize)
     prov.pop("dicom_derivation_code", None)
     record.update({k: prov[k] for k in ("method", "model", "model_version", "params", "sigma", "sigma_source",

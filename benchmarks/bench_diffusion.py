@@ -44,25 +44,15 @@ def centre_crop(x: np.ndarray, size) -> tuple[slice, ...]:
 
 
 def calibration(truth: np.ndarray, mean: np.ndarray, std: np.ndarray, mask: np.ndarray, scale: float = 1.0) -> dict:
-    """Coverage and reliability of ``std``; ``scale`` is the card's uncertainty scale already applied to ``std``
-    (the raw sample spread is ``std / scale``)."""
-    err = np.abs(truth - mean)[mask]
-    s = std[mask]
-    raw = float(np.mean(err <= 2 * s / scale))
-    cover = {f"{k:g}": float(np.mean(err <= k * s)) for k in KS}
-    nominal = {f"{k:g}": float(math.erf(k / math.sqrt(2))) for k in KS}
-    edges = np.quantile(s, np.linspace(0, 1, 11))
-    idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, 9)
-    curve = []
-    for b in range(10):
-        sel = idx == b
-        if sel.any():
-            curve.append({"predicted_std": float(np.mean(s[sel])),
-                          "observed_rmse": float(np.sqrt(np.mean(err[sel] ** 2))), "voxels": int(sel.sum())})
-    return {"coverage_2sd": cover["2"], "coverage_2sd_raw_spread": raw, "uncertainty_scale": scale, "coverage": cover,
-            "nominal_gaussian": nominal, "reliability": curve,
-            "mean_std": float(np.mean(s)), "rmse": float(np.sqrt(np.mean(err ** 2))),
-            "std_to_rmse": float(np.mean(s) / np.sqrt(np.mean(err ** 2)))}
+    """Coverage and reliability of ``std`` (:func:`medden.metrics.uncertainty_calibration`); ``scale`` is the card's
+    uncertainty scale already applied to ``std`` (the raw sample spread is ``std / scale``)."""
+    from medden.metrics import uncertainty_calibration
+
+    cal = uncertainty_calibration(truth, mean, std, mask, ks=KS).to_dict()
+    raw = uncertainty_calibration(truth, mean, std / scale, mask, ks=(2.0,)).coverage_2sd
+    return {"coverage_2sd": cal["coverage_2sd"], "coverage_2sd_raw_spread": raw, "uncertainty_scale": scale,
+            "coverage": cal["coverage"], "nominal_gaussian": cal["nominal"], "reliability": cal["reliability"],
+            "mean_std": cal["mean_std"], "rmse": cal["rmse"], "std_to_rmse": cal["std_to_rmse"]}
 
 
 def bench_quality(args) -> list[dict]:

@@ -2,14 +2,14 @@
 
     python bundles/build.py          # after exporting new weights into medden/models/weights/
 
-Each bundle ``bundles/NAME/`` gets configs/metadata.json, configs/inference.json, configs/train.json, models/ (a copy
-of the weights and card), docs/README.md (generated, unless edited by hand: remove the "generated" marker to keep
+Each bundle ``bundles/NAME/`` gets configs/metadata.json, configs/inference.json, configs/train.json, models/ (relative
+symbolic links to the package's weights and card, so the repository holds each model once), docs/README.md (generated, unless edited by hand: remove the "generated" marker to keep
 it) and LICENSE. The medden training config of each model is ``bundles/NAME/configs/medden_train.json``.
 """
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import sys
 from pathlib import Path
 
@@ -218,8 +218,10 @@ def build(name: str, spec: dict) -> Path:
     root = ROOT / "bundles" / name
     for sub in ("configs", "models", "docs"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, root / "models" / "model.safetensors")
-    shutil.copyfile(weights.with_suffix(".json"), root / "models" / "model.json")
+    for src, dst in ((weights, "model.safetensors"), (weights.with_suffix(".json"), "model.json")):
+        link = root / "models" / dst
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(src, link.parent))
     dump = lambda obj, p: p.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")  # noqa: E731
     dump(metadata(name, spec, card), root / "configs" / "metadata.json")
     dump(inference_config(name, spec["method"]), root / "configs" / "inference.json")

@@ -477,6 +477,9 @@ def evaluate(
                                                                        "report.md, figures/)."),
     data_range: Optional[float] = typer.Option(None, "--data-range", help="Peak for PSNR/SSIM in volume units "
                                                                           "(default: reference max - min)."),
+    uncertainty: Optional[List[str]] = typer.Option(None, "--uncertainty", help="NAME=PATH: per-voxel standard "
+                                                    "deviation of output NAME (e.g. from --method diffusion "
+                                                    "--uncertainty): coverage and reliability curve. Repeatable."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Measure denoised volumes against a reference (PSNR, SSIM, HU bias, CNR, NPS, MTF, method noise) and write a
@@ -493,7 +496,14 @@ def evaluate(
         while name in named or name in ("noisy", "reference"):
             name, n = f"{base}_{n}", n + 1
         named[name] = Path(path)
-    for p in [reference, noisy, *named.values()]:
+    stds: dict[str, Path] = {}
+    for item in uncertainty or []:
+        name, sep, path = item.partition("=")
+        if not sep or name not in named:
+            raise MeddenError(f"--uncertainty needs NAME=PATH with NAME one of the outputs ({', '.join(named)}), "
+                              f"got {item!r}")
+        stds[name] = Path(path)
+    for p in [reference, noisy, *named.values(), *stds.values()]:
         if p is not None and not p.exists():
             raise MeddenError(f"{p} does not exist")
     with _steps(quiet) as step:
@@ -504,10 +514,11 @@ def evaluate(
         for name, path in named.items():
             step(f"Loading {path}")
             estimates[name] = medden.load_volume(path)
+        std_vols = {name: medden.load_volume(path) for name, path in stds.items()}
         roiset = load_rois(rois, load_mask=medden.load_volume) if rois is not None else None
         step(f"Measuring {len(estimates)} volume(s)")
         result = evaluate_volumes(ref, estimates, noisy=noisy_vol, rois=roiset, data_range=data_range,
-                                  reference_name=reference.name)
+                                  reference_name=reference.name, uncertainty=std_vols)
         step(f"Writing the report into {report}")
         files = write_report(result, report)
     if not quiet:
@@ -518,6 +529,11 @@ def evaluate(
         for row in result.table():
             table.add_row(row["name"], *("—" if row[c] is None else f"{row[c]:.4g}" for c in cols))
         out.print(table)
+        for m in result.methods.values():
+            if m.uncertainty is not None:
+                c = m.uncertainty
+                out.print(f"{m.name}: ±2σ coverage {c.coverage_2sd:.1%} (calibrated: 95.4%), "
+                          f"std/RMSE {c.std_to_rmse:.2f}")
         for note in result.notes:
             out.print(f"note: {note}")
         out.print(f"{files.html}  ({files.json.name}, {files.markdown.name}, {len(files.figures)} figures)")

@@ -21,6 +21,7 @@ from medden.metrics.reference import mae, psnr, reference_range, rmse, ssim_3d
 from medden.metrics.residual import MethodNoise, method_noise
 from medden.metrics.roi import HuBias, Roi, RoiSet, RoiStats, cnr, hu_bias, load_rois, parse_rois, roi_mask, roi_stats
 from medden.metrics.sharpness import EdgeMTF, edge_mtf
+from medden.metrics.uncertainty import UncertaintyCalibration, uncertainty_calibration
 from medden.volume import Volume
 
 #: Scalar metrics shown as bar charts and table columns, with their units and whether higher is better.
@@ -48,6 +49,8 @@ class ImageMetrics:
     mtf: dict[str, EdgeMTF] = field(default_factory=dict)
     method_noise: MethodNoise | None = None
     seconds: float | None = None
+    #: calibration of the estimate's uncertainty map (posterior standard deviation), when one was given
+    uncertainty: UncertaintyCalibration | None = None
 
     @property
     def noise_std(self) -> float | None:
@@ -74,7 +77,8 @@ class ImageMetrics:
                 "cnr": _clean(self.cnr),
                 "nps": self.nps.to_dict() if self.nps else None,
                 "mtf": {k: v.to_dict() for k, v in self.mtf.items()},
-                "method_noise": self.method_noise.to_dict() if self.method_noise else None}
+                "method_noise": self.method_noise.to_dict() if self.method_noise else None,
+                "uncertainty": self.uncertainty.to_dict() if self.uncertainty else None}
 
 
 @dataclass
@@ -182,7 +186,8 @@ def evaluate(reference: ArrayOrVolume, estimates: Mapping[str, ArrayOrVolume], n
              rois: RoiSet | Sequence[Roi] | str | Path | dict | None = None, *, mask: ArrayOrVolume | None = None,
              spacing: Sequence[float] | None = None, data_range: float | None = None, axis: int = 2,
              nps_roi_size: int | None = None, load_mask: Any = None,
-             reference_name: str = "reference") -> EvaluationResult:
+             reference_name: str = "reference",
+             uncertainty: Mapping[str, ArrayOrVolume] | None = None) -> EvaluationResult:
     """Measure denoised images against a reference: PSNR, SSIM, RMSE, MAE, ROI statistics and HU bias, CNR, noise
     power spectrum (TG-233), edge MTF (ISO 12233) and, with the noisy input, the method noise.
 
@@ -212,6 +217,10 @@ def evaluate(reference: ArrayOrVolume, estimates: Mapping[str, ArrayOrVolume], n
         Reader for mask files named in a rois.json (e.g. ``medden.load_volume``).
     reference_name : str
         Label of the reference in the report.
+    uncertainty : mapping of estimate name to Volume or ndarray, optional
+        Per-voxel predicted standard deviation of that estimate (e.g. ``medden denoise --method diffusion
+        --uncertainty``): its coverage and reliability curve are measured over the mask
+        (:mod:`medden.metrics.uncertainty`).
 
     Returns
     -------
@@ -229,6 +238,12 @@ def evaluate(reference: ArrayOrVolume, estimates: Mapping[str, ArrayOrVolume], n
             raise InputError(f"estimate name {name!r} is reserved; rename it")
         checked[name] = check_pair(reference, img, "reference", f"estimate {name!r}")[1]
     noisy_a = check_pair(reference, noisy, "reference", "noisy image")[1] if noisy is not None else None
+    stds: dict[str, np.ndarray] = {}
+    for name, img in (uncertainty or {}).items():
+        if name not in checked:
+            raise InputError(f"uncertainty map given for {name!r}, which is not one of the estimates "
+                             f"({', '.join(checked)})")
+        stds[name] = check_pair(reference, img, "reference", f"uncertainty map of {name!r}")[1]
     m = as_mask(mask, ref.shape)
     roiset = _as_roiset(rois, load_mask)
     grid = reference if isinstance(reference, Volume) else ref
@@ -297,6 +312,8 @@ def evaluate(reference: ArrayOrVolume, estimates: Mapping[str, ArrayOrVolume], n
     for name, img in checked.items():
         result.methods[name] = measure(name, img)
         result.images[name] = img
+        if name in stds:
+            result.methods[name].uncertainty = uncertainty_calibration(ref, img, stds[name], m)
     return result
 
 

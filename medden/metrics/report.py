@@ -139,6 +139,35 @@ def _fig_mtf(result: EvaluationResult, path: Path) -> Path | None:
     return path
 
 
+def _fig_reliability(result: EvaluationResult, path: Path) -> Path | None:
+    """Reliability curve (predicted std against observed RMS error, per bin) and coverage against k."""
+    cal = [(m.name, m.uncertainty) for m in result.methods.values() if m.uncertainty is not None]
+    if not cal:
+        return None
+    fig, (ax, bx) = _subplots(1, 2, figsize=(10, 4))
+    top = 0.0
+    for name, c in cal:
+        x = [b.predicted_std for b in c.reliability]
+        y = [b.observed_rmse for b in c.reliability]
+        top = max(top, *x, *y)
+        ax.plot(x, y, "o-", label=f"{name} (±2σ coverage {c.coverage_2sd:.1%})")
+        ks = [float(k) for k in c.coverage]
+        bx.plot(ks, list(c.coverage.values()), "o-", label=name)
+    ax.plot([0, top], [0, top], "k--", lw=0.8, label="calibrated")
+    ax.set(xlabel="predicted standard deviation (mean per bin)", ylabel="observed RMS error",
+           title="Reliability (equal-count bins of predicted std)")
+    ks = sorted({float(k) for _, c in cal for k in c.nominal})
+    bx.plot(ks, [math.erf(k / math.sqrt(2)) for k in ks], "k--", lw=0.8, label="calibrated Gaussian")
+    bx.set(xlabel="k", ylabel="fraction with |error| ≤ k·std", ylim=(0, 1.02), title="Coverage")
+    for a in (ax, bx):
+        a.title.set_fontsize(9)
+        a.legend(fontsize=7)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
 def _fig_bars(result: EvaluationResult, folder: Path) -> list[Path]:
     rows = result.table()
     out = []
@@ -196,6 +225,16 @@ def _tables(result: EvaluationResult) -> list[tuple[str, list[str], list[list[st
                  ", ".join(f"{a:.3f}" for a in r.autocorrelation_lag1), _fmt(r.spectral_flatness)]
                 for m in mn for r in [m.method_noise]]
         tables.append(("Method noise (noisy − estimate): ideal is noise only", header, rows))
+    unc = [m for m in result.methods.values() if m.uncertainty is not None]
+    if unc:
+        ks = list(unc[0].uncertainty.coverage)
+        header = ["method"] + [f"±{k}σ (ideal {unc[0].uncertainty.nominal[k]:.1%})" for k in ks] + [
+            "mean std", "RMSE", "std/RMSE"]
+        rows = [[m.name] + [f"{c.coverage[k]:.1%}" for k in ks] + [_fmt(c.mean_std), _fmt(c.rmse),
+                                                                    _fmt(c.std_to_rmse)]
+                for m in unc for c in [m.uncertainty]]
+        tables.append(("Uncertainty calibration: fraction of voxels whose error lies within ±k × predicted std",
+                       header, rows))
     return tables
 
 
@@ -257,7 +296,8 @@ def write_report(result: EvaluationResult, out_dir: str | Path, figures: bool = 
         fdir = folder / "figures"
         for p in (_fig_slices(result, fdir / "slices.png", difference=False),
                   _fig_slices(result, fdir / "differences.png", difference=True),
-                  _fig_nps(result, fdir / "nps.png"), _fig_mtf(result, fdir / "mtf.png")):
+                  _fig_nps(result, fdir / "nps.png"), _fig_mtf(result, fdir / "mtf.png"),
+                  _fig_reliability(result, fdir / "reliability.png")):
             if p is not None:
                 figs.append(p)
         figs += _fig_bars(result, fdir)

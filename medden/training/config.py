@@ -92,6 +92,9 @@ class TrainConfig(_Strict):
     amp: bool = True
     device: str = "auto"
     threads: Optional[int] = Field(None, ge=1)
+    #: processes that draw patches and make their noise in parallel (0: in the training process); use several on a
+    #: GPU, where one CPU process cannot feed it
+    workers: int = Field(0, ge=0, le=64)
     seed: int = 0
     checkpoint_dir: str
     export: Optional[str] = None

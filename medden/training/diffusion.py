@@ -132,6 +132,7 @@ def validate(net, stacks: torch.Tensor, sigmas=(0.04, 0.10), seed: int = 7) -> d
 
     g = torch.Generator().manual_seed(seed)
     k = net.neighbours
+    dev = next(net.parameters()).device
     p_in, p_out, losses = [], [], []
     net.eval()
     with torch.no_grad():
@@ -140,7 +141,7 @@ def validate(net, stacks: torch.Tensor, sigmas=(0.04, 0.10), seed: int = 7) -> d
             a = float(net.alphas_cumprod[t])
             eps = torch.randn(stacks.shape, generator=g)
             xt = math.sqrt(a) * stacks + math.sqrt(1 - a) * eps
-            pred = net(xt, torch.full((len(stacks),), t))
+            pred = net(xt.to(dev), torch.full((len(stacks),), t, device=dev)).float().cpu()
             x0 = (xt[:, k:k + 1] - math.sqrt(1 - a) * pred) / math.sqrt(a)
             clean = stacks[:, k:k + 1]
             noisy = xt[:, k:k + 1] / math.sqrt(a)
@@ -156,10 +157,14 @@ def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int
                 patch: int = 64, lr: float = 5e-4, ema: float = 0.995, threads: int | None = 2, seed: int = 0,
                 config: dict | None = None, log_every: int = 100, export: str | Path | None = None,
                 docs_dir: str | Path | None = None, command: str = "", data_folder: Path = SHARED,
-                log: Callable[[str], None] = print) -> dict:
-    """Train (or resume) the prior; returns the record (and exports when ``export`` is given)."""
+                device: str = "auto", log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) the prior; returns the record (and exports when ``export`` is given).
+
+    ``device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``; stacks are drawn on the CPU and moved over."""
+    from medden.inference import resolve_device
     from medden.models.diffusion import build_prior
 
+    device = resolve_device(device)
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
@@ -168,7 +173,7 @@ def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int
     log(f"loading {len(MR_DATA)} MR volumes")
     train_vols, val_vols = load_training_volumes(data_folder, log)
     cfg = dict(config or {})
-    net = build_prior(**cfg).train()
+    net = build_prior(**cfg).to(device).train()
     ema_net = copy.deepcopy(net).eval()
     for p in ema_net.parameters():
         p.requires_grad_(False)
@@ -179,7 +184,7 @@ def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int
     step, elapsed, history = 0, 0.0, []
     last = ckpt / "last.pt"
     if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
+        state = torch.load(last, map_location=device, weights_only=True)
         if state.get("config") == net.config:
             net.load_state_dict(state["model"])
             ema_net.load_state_dict(state["ema"])
@@ -191,7 +196,7 @@ def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int
             log(f"ignoring {last}: it holds another configuration")
     n_params = sum(p.numel() for p in net.parameters())
     log(f"training {net.architecture} {net.config} ({n_params / 1e6:.2f} M parameters): batch {batch}×"
-        f"{net.in_channels}×{patch}², wall budget {minutes} min")
+        f"{net.in_channels}×{patch}² on {device}, wall budget {minutes} min")
     budget = minutes * 60
 
     def save() -> None:
@@ -207,9 +212,9 @@ def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int
         frac = min(1.0, elapsed / budget)
         for g in opt.param_groups:
             g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        x0 = sampler.sample(batch)
-        t = (net.t_max * torch.rand(batch, generator=gen) ** 2).long().clamp_(0, net.t_max - 1)
-        noise = torch.randn(x0.shape, generator=gen)
+        x0 = sampler.sample(batch).to(device, non_blocking=True)
+        t = (net.t_max * torch.rand(batch, generator=gen) ** 2).long().clamp_(0, net.t_max - 1).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
         xt = sched.add_noise(original_samples=x0, noise=noise, timesteps=t)
         pred = net(xt, t)
         loss = torch.mean((pred - noise[:, net.neighbours:net.neighbours + 1]) ** 2)
@@ -235,17 +240,19 @@ def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int
             log(f"step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} val ε-loss {rec['val_loss']:.4f} "
                 f"x̂0 PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
     record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "batch": batch, "patch": patch,
-              "lr": lr, "ema": ema, "seed": seed, "threads": threads}
+              "lr": lr, "ema": ema, "seed": seed, "threads": threads,
+              "hardware": (torch.cuda.get_device_name() if device.startswith("cuda")
+                           else f"{torch.get_num_threads()} CPU threads")}
     if export:
         log("tuning the sampler and fitting the uncertainty scale on the validation volume")
-        sampler_record = calibrate_sampler(ema_net, val_vols, seed=seed, log=log)
+        sampler_record = calibrate_sampler(ema_net, val_vols, seed=seed, device=device, log=log)
         record["export"] = str(export_prior(ema_net, record, export, docs_dir=docs_dir, command=command,
                                             sampler=sampler_record, log=log))
     return record
 
 
 def calibrate_sampler(net, val: list[SliceVolume], *, levels=(0.03, 0.05), guidances=(0.5, 1.0, 2.0, 4.0),
-                      samples: int = 8, steps: int = 6, crop=(64, 64, 16), seed: int = 0,
+                      samples: int = 8, steps: int = 6, crop=(64, 64, 16), seed: int = 0, device: str = "cpu",
                       log: Callable[[str], None] = print) -> dict:
     """Tune the sampler on the validation volume (never on test volumes) and fit the uncertainty scale.
 
@@ -269,7 +276,7 @@ def calibrate_sampler(net, val: list[SliceVolume], *, levels=(0.03, 0.05), guida
             sigma = lev * peak
             noisy = rician(clean, sigma=sigma, generator=seed + i)
             mean, std = posterior(noisy, sigma, spacing=v.spacing, samples=samples, steps=steps, seed=seed,
-                                  guidance=lam, prior=net, likelihood="rician")
+                                  guidance=lam, prior=net, likelihood="rician", device=device)
             mse = float(np.mean((mean - clean)[mask] ** 2))
             runs[lam].append((10 * math.log10(peak ** 2 / mse), np.abs(clean - mean)[mask], std[mask]))
         log(f"  validation λ={lam:g}: PSNR " + ", ".join(f"{r[0]:.2f}" for r in runs[lam]) + " dB at σ = "
@@ -310,7 +317,7 @@ def export_prior(net, record: dict, path: str | Path, *, docs_dir: str | Path | 
                   "validation": f"{MR_DATA[-1][0]}: top {int(VAL_FRACTION * 100)} % of slices (last axis)",
                   "steps": record.get("steps"), "minutes": record.get("minutes"), "batch": record.get("batch"),
                   "patch": record.get("patch"), "learning_rate": record.get("lr"), "ema": record.get("ema"),
-                  "threads": record.get("threads"), "hardware": "2 shared CPU cores",
+                  "threads": record.get("threads"), "hardware": record.get("hardware", "CPU"),
                   "curves": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()} for h in hist],
                   "final_val_psnr_x0_dB": hist[-1]["val_psnr"] if hist else None})
     out = save_model(copy.deepcopy(net).cpu().eval(), card, path)
@@ -330,6 +337,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    ap.add_argument("--data-folder", default=str(SHARED), help="folder holding the MR volumes of MR_DATA")
+    ap.add_argument("--log-every", type=int, default=100, help="steps between validation records")
     ap.add_argument("--channels", default="16,32,64")
     ap.add_argument("--export", default="medden/models/weights/medden_diffusion_mr_prior.safetensors")
     ap.add_argument("--docs-dir", default="benchmarks/results/diffusion_prior")
@@ -340,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     train_prior(checkpoint_dir=args.checkpoint_dir, minutes=args.minutes, steps=args.steps, batch=args.batch,
                 patch=args.patch, lr=args.lr, threads=args.threads, seed=args.seed,
                 config={"channels": tuple(int(c) for c in args.channels.split(","))}, export=args.export or None,
-                docs_dir=args.docs_dir or None, command=command.strip())
+                docs_dir=args.docs_dir or None, command=command.strip(), device=args.device,
+                data_folder=Path(args.data_folder), log_every=args.log_every)
 
 
 if __name__ == "__main__":

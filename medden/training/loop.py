@@ -34,6 +34,36 @@ def _validation_set(volumes: list[TrainVolume], cfg: TrainConfig) -> list[tuple]
     return out
 
 
+class _PatchStream(torch.utils.data.IterableDataset):
+    """An endless stream of batches from a :class:`PatchSampler`; each loader worker reseeds its own copy."""
+
+    def __init__(self, sampler: PatchSampler, seed: int) -> None:
+        super().__init__()
+        self.sampler, self.seed = sampler, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            torch.set_num_threads(1)
+            self.sampler.rng = np.random.default_rng([self.seed, info.id])
+            self.sampler.gen = torch.Generator().manual_seed(self.seed * 1009 + info.id)
+        while True:
+            yield self.sampler.sample()
+
+
+def _batches(sampler: PatchSampler, cfg: TrainConfig, seed: int, device: str):
+    """Training batches: drawn in this process, or by ``cfg.workers`` loader processes (seeded, so resumable runs
+    differ from their first segment but stay reproducible)."""
+    if cfg.workers == 0:
+        sampler.rng = np.random.default_rng(seed)
+        while True:
+            yield sampler.sample()
+    loader = torch.utils.data.DataLoader(_PatchStream(sampler, seed), batch_size=None, num_workers=cfg.workers,
+                                         pin_memory=device.startswith("cuda"), prefetch_factor=4,
+                                         persistent_workers=True)
+    yield from loader
+
+
 def _psnr(est: torch.Tensor, ref: torch.Tensor, data_range: float) -> float:
     mse = float(torch.mean((est - ref) ** 2))
     return 10 * math.log10(data_range ** 2 / max(mse, 1e-20))
@@ -142,7 +172,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             step, elapsed, history = state["step"], state["elapsed"], state["history"]
-            sampler.rng = np.random.default_rng(cfg.seed + 1000 * rank + step)
             log(f"resumed from {last} at step {step} ({elapsed / 60:.1f} min trained)")
         else:
             log(f"ignoring {last}: it holds another architecture")
@@ -167,13 +196,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                     "history": history, "architecture": cfg.architecture, "network": net.config}, tmp)
         tmp.replace(last)
 
+    batches = _batches(sampler, cfg, cfg.seed + 1000 * rank + step, device)
     start, run_losses = time.perf_counter() - elapsed, []
     while not _agree(step >= total_steps or elapsed >= budget, world):
         frac = max(step / total_steps, elapsed / budget if math.isfinite(budget) else 0.0)
         for g in opt.param_groups:
             g["lr"] = cfg.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-        x, y, level, mask = sampler.sample()
-        x, y, level = x.to(device), y.to(device), level.to(device)
+        x, y, level, mask = next(batches)
+        x, y, level = x.to(device, non_blocking=True), y.to(device, non_blocking=True), level.to(device)
         mask = None if mask is None else mask.to(device)
         with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu",
                             dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):

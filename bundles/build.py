@@ -143,11 +143,21 @@ def model_doc(name: str, spec: dict, card: dict) -> str:
              f"- Normalisation: {card['normalisation']}",
              f"- Noise: {card['noise']}",
              f"- Weights: `medden/models/weights/{Path(card['name']).name}.safetensors` (sha256 `{card['sha256']}`)",
-             "", "## Training", "", "```bash", tr.get("command") or f"medden train {spec['config']}", "```", "",
-             f"Mode {tr.get('mode')}, {tr.get('steps')} steps of {tr.get('batch')} patches {tr.get('patch_size')}, "
-             f"loss {tr.get('loss')}, {tr.get('minutes')} min of training on 2 shared CPU cores (bf16 autocast)"
+             "", "## Training", ""]
+    stages = tr.get("stages") or [{"stage": 0, "command": tr.get("command") or f"medden train {spec['config']}",
+                                   "hardware": tr.get("hardware", "2 shared CPU cores"), "wall_minutes": tr.get("minutes")}]
+    if len(stages) > 1:
+        lines += ["The weights come from stages run in order, each initialised from the one before (configs in "
+                  "`configs/` and `configs/stages/`; each stage exports what the next one loads):", ""]
+    lines += ["```bash"] + [f"{st['command']}    # stage {st['stage']}: {st['hardware']}, {st['wall_minutes']} min"
+                            for st in stages] + ["```", "",
+             f"Last stage: mode {tr.get('mode')}, {tr.get('steps')} steps of {tr.get('batch')} patches "
+             f"{tr.get('patch_size')}, loss {tr.get('loss')}"
+             + (f" + {tr['lowpass_weight']} × the same on 8³ block means" if tr.get("lowpass_weight") else "")
+             + f", {tr.get('minutes')} min on {tr.get('hardware', '2 shared CPU cores')}"
              + (f", initialised from `{tr['init_weights']}`" if tr.get("init_weights") else "") + ". "
-             "Resumable: rerunning the command continues from the checkpoint folder in the config.", "",
+             "Each stage is resumable: rerunning its command continues from its checkpoint folder. The CPU recipe "
+             "(stage 0) runs anywhere; the GPU stages also run on a CPU, many times slower.", "",
              "Training volumes (from `../shared/data`, see its README for provenance):", ""]
     for d in tr.get("data", []):
         extra = f", average-pooled ×{d['downsample']} along its fine axes (a cleaner target)" if d.get("downsample", 1) > 1 else ""

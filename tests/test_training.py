@@ -128,3 +128,27 @@ def test_supervised_ct_training_with_projection_domain_noise(tmp_path, scans):
     assert rec["steps"] == 2 and np.isfinite(rec["history"][-1]["val_psnr"])
     assert any("estimator levels" in line for line in logs)
     assert list((tmp_path / "ckpt" / "cache").glob("*.npy"))
+
+
+def test_lowpass_loss_weighs_local_mean_errors():
+    import torch
+
+    from medden.training.losses import training_loss
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.zeros(4, 1, 16, 16, 16)
+    level = torch.full((4,), 0.5)
+    white = torch.randn(target.shape, generator=g) * 0.5
+    offset = torch.full(target.shape, 0.5)
+    for err in (white, offset):  # the voxel term alone is the same: mean((err/σ)²) ≈ 1
+        assert float(training_loss(err, target, level)) == pytest.approx(1.0, rel=0.05)
+    # block means of white noise keep unit variance after the rescaling; a constant offset weighs 8³ times more
+    extra_white = float(training_loss(white, target, level, lowpass_weight=1.0)) - float(training_loss(white, target, level))
+    extra_offset = float(training_loss(offset, target, level, lowpass_weight=1.0)) - 1.0
+    assert extra_white == pytest.approx(1.0, rel=0.5)
+    assert extra_offset == pytest.approx(512.0, rel=1e-4)
+
+
+def test_parallel_loader_workers_train(tmp_path, scans):
+    rec = train(validate_config(_cfg(tmp_path, scans, workers=2, lowpass_weight=0.1, export=None)), log=lambda s: None)
+    assert rec["steps"] == 4 and np.isfinite(rec["history"][-1]["train_loss"])

@@ -38,12 +38,14 @@ Likelihoods (``likelihood``)
 
 Outputs
 -------
-``samples`` chains give the posterior mean and the standard deviation ``c·s·√(1 + 1/n)`` (``s`` the sample standard
-deviation, ddof 1): the spread of the truth around the returned **mean**, which includes the Monte-Carlo error of a
-mean of ``n`` samples. ``c`` is the prior card's ``uncertainty_scale``: a short-trained prior's samples disagree less
-than its errors, so at export the spread is recalibrated on held-out validation data (σ-scaling, Levi et al. 2019;
-Kuleshov et al., ICML 2018) — ``calibrated=False`` returns the raw spread (``c = 1``). With one sample the map is
-zero.
+``samples`` chains give the posterior mean and the standard deviation ``c·√(s²·(1 + 1/n) + β·σ²)`` (``s`` the
+sample standard deviation, ddof 1; ``σ`` the noise level or map): the spread of the truth around the returned
+**mean**, which includes the Monte-Carlo error of a mean of ``n`` samples. ``c`` (``uncertainty_scale``) and ``β``
+(``uncertainty_floor``) come from the prior's card: a short-trained prior's samples disagree less than its errors,
+most where they agree (flat tissue), so at export the spread is recalibrated on held-out validation data — ``β`` by
+a least-squares fit of the binned squared error to ``s²`` and ``σ²``, then ``c`` so that ±2 standard deviations
+cover 95.4 % of the validation voxels (σ-scaling, Levi et al. 2019; Kuleshov et al., ICML 2018).
+``calibrated=False`` returns the raw spread (``c = 1``, ``β = 0``). With one sample the map is zero.
 
 Volumes go through the sampler in slabs along the slice axis (the coarsest-spacing axis, else the last) that overlap
 by ``2·margin`` slices and are blended with linear ramps, so memory is bounded by one slab's buffers.
@@ -247,7 +249,7 @@ def posterior(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str =
     noise : a :class:`medden.noise.NoiseEstimate`; its CT noise map, when present, weights the Gaussian likelihood.
     prior : a :class:`medden.models.diffusion.SlicePrior` to use instead of loading ``weights`` (tests, notebooks).
     slab : slices per slab along the slice axis; None: the whole volume when it fits the memory budget.
-    calibrated : multiply the standard deviation by the card's ``uncertainty_scale`` (fitted on validation data at
+    calibrated : apply the card's ``uncertainty_scale`` and ``uncertainty_floor`` (fitted on validation data at
         export, see :func:`medden.training.diffusion.calibrate_sampler`); False gives the raw sample spread.
     progress : called as ``progress(done, total)`` after every reverse step of every sample.
 
@@ -327,6 +329,7 @@ def posterior(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str =
     if not guidance:  # 0: the λ tuned on validation data and recorded on the card
         guidance = float(tuned.get("guidance", 1.0))
     std_scale = float(tuned.get("uncertainty_scale", 1.0)) if calibrated else 1.0
+    std_floor = float(tuned.get("uncertainty_floor", 0.0)) if calibrated else 0.0
     offset, scale = _normalisation(x, card)
     to_net = 2.0 / scale
     sig_net = sig_global * to_net
@@ -383,7 +386,8 @@ def posterior(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str =
                 m += delta / (k + 1)
                 m2 += delta * (s - m)
             n = int(samples)
-            std = std_scale * torch.sqrt(m2 / (n - 1) * (1 + 1 / n)) if n > 1 else torch.zeros_like(m)
+            std = (std_scale * torch.sqrt(m2 / (n - 1) * (1 + 1 / n) + std_floor * var) if n > 1
+                   else torch.zeros_like(m))
             # linear ramps over the overlaps (the two windows' weights sum to 1 there), flat in the core
             zz = np.arange(a, b, dtype=np.float64)
             ramp = np.ones(b - a)

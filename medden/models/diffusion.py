@@ -72,7 +72,11 @@ class SlicePrior(nn.Module):
         self.multiple = 2 ** (len(channels) - 1)
         self.unet = DiffusionModelUNet(spatial_dims=2, in_channels=self.in_channels, out_channels=1,
                                        channels=tuple(channels), attention_levels=(False,) * len(channels),
-                                       num_res_blocks=num_res_blocks, norm_num_groups=norm_num_groups)
+                                       num_res_blocks=num_res_blocks, norm_num_groups=norm_num_groups,
+                                       # the middle block's self-attention through torch's fused attention: memory
+                                       # linear in the tokens (the plain form needs tokens² per slice: 32 GiB for a
+                                       # batch of 256² slices), same weights
+                                       use_flash_attention=True)
         # ᾱ_t of the schedule: not a weight (recomputed from the config), so kept out of the state dict
         self.register_buffer("alphas_cumprod", self.make_scheduler().alphas_cumprod.float().clone(), persistent=False)
 

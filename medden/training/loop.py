@@ -208,7 +208,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu",
                             dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             est = model(x, level)
-        loss = training_loss(est.float(), y, level, mask, cfg.loss)
+        loss = training_loss(est.float(), y, level, mask, cfg.loss, lowpass_weight=cfg.lowpass_weight)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -266,6 +266,7 @@ def export(net, cfg: TrainConfig, record: dict, log: Callable[[str], None] = pri
                                "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None,
                                "minutes": record.get("minutes"), "batch": cfg.batch_size,
                                "patch_size": list(cfg.patch_size), "loss": f"{cfg.loss} / sigma^2",
+                               "lowpass_weight": cfg.lowpass_weight,
                                "final_val_psnr": hist[-1]["val_psnr"] if hist else None})
     path = save_model(net.cpu().eval(), card, cfg.export)
     log(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")

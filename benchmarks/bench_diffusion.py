@@ -43,14 +43,12 @@ def centre_crop(x: np.ndarray, size) -> tuple[slice, ...]:
     return tuple(slice(max(0, (n - s) // 2), max(0, (n - s) // 2) + min(n, s)) for n, s in zip(x.shape, size))
 
 
-def calibration(truth: np.ndarray, mean: np.ndarray, std: np.ndarray, mask: np.ndarray, scale: float = 1.0) -> dict:
-    """Coverage and reliability of ``std`` (:func:`medden.metrics.uncertainty_calibration`); ``scale`` is the card's
-    uncertainty scale already applied to ``std`` (the raw sample spread is ``std / scale``)."""
+def calibration(truth: np.ndarray, mean: np.ndarray, std: np.ndarray, mask: np.ndarray) -> dict:
+    """Coverage and reliability of ``std`` (:func:`medden.metrics.uncertainty_calibration`)."""
     from medden.metrics import uncertainty_calibration
 
     cal = uncertainty_calibration(truth, mean, std, mask, ks=KS).to_dict()
-    raw = uncertainty_calibration(truth, mean, std / scale, mask, ks=(2.0,)).coverage_2sd
-    return {"coverage_2sd": cal["coverage_2sd"], "coverage_2sd_raw_spread": raw, "uncertainty_scale": scale,
+    return {"coverage_2sd": cal["coverage_2sd"],
             "coverage": cal["coverage"], "nominal_gaussian": cal["nominal"], "reliability": cal["reliability"],
             "mean_std": cal["mean_std"], "rmse": cal["rmse"], "std_to_rmse": cal["std_to_rmse"]}
 
@@ -82,10 +80,9 @@ def bench_quality(args) -> list[dict]:
             row[key] = {"psnr": psnr(clean, mean.data, mask, data_range=peak),
                         "ssim": ssim_3d(clean, mean.data, mask, data_range=peak), "seconds": sec,
                         "samples": args.samples, "steps": args.steps,
-                        "calibration": calibration(clean, mean.data, std.data, mask, args.std_scale)}
+                        "calibration": calibration(clean, mean.data, std.data, mask)}
             print(f"σ {level}% {key}: PSNR {row[key]['psnr']:.2f} dB, ±2σ coverage "
-                  f"{row[key]['calibration']['coverage_2sd']:.1%} (raw spread "
-                  f"{row[key]['calibration']['coverage_2sd_raw_spread']:.1%}), "
+                  f"{row[key]['calibration']['coverage_2sd']:.1%}, "
                   f"std/RMSE {row[key]['calibration']['std_to_rmse']:.2f}, "
                   f"{sec:.0f} s", flush=True)
         for m in others:
@@ -120,8 +117,7 @@ def bench_quality(args) -> list[dict]:
         row = {"volume": name, "crop": list(size), "noise": model, "level_percent_of_max": level, "sigma": sigma,
                "noisy": {"psnr": psnr(clean, noisy, mask, data_range=peak)},
                "diffusion": {"psnr": psnr(clean, mean.data, mask, data_range=peak), "seconds": sec,
-                             "likelihood": model, "calibration": calibration(clean, mean.data, std.data, mask,
-                                                                             args.std_scale)}}
+                             "likelihood": model, "calibration": calibration(clean, mean.data, std.data, mask)}}
         print(f"{model} {level}%: noisy {row['noisy']['psnr']:.2f} dB, diffusion {row['diffusion']['psnr']:.2f} dB, "
               f"±2σ coverage {row['diffusion']['calibration']['coverage_2sd']:.1%}, {sec:.0f} s", flush=True)
         rows.append(row)
@@ -149,7 +145,50 @@ def bench_speed(args) -> dict:
             "steps": steps, "seconds_256cubed_8_samples": per_slice_step * 256 * 8 * steps,
             "extrapolated": True,
             "note": "one network call per slice, step and sample; the state arrays of a 256³ volume fit in memory, so "
-                    "the cost is linear in slices × steps × samples. GPU: not measured (no GPU lent to this task)."}
+                    "the cost is linear in slices × steps × samples. GPU: measured on a whole 256³ volume by "
+                    "benchmarks/bench_gpu.py (results/gpu.json)."}
+
+
+def bench_ct_quality(args) -> list[dict]:
+    """Low-dose CT (the CT prior): the held-out chest scan and crop of ``bench_deep.py`` at 25 % and 10 % dose,
+    σ and the CT noise map estimated (``sigma="auto"``), against the full-dose scan; BM4D and deep-ct in the same
+    run. The full-dose reference carries its own noise, which the coverage counts as error."""
+    import medden
+    from bench_deep import CT_CASE, CT_DOSES, tissue_rois
+    from medden.denoisers import diffusion as dd
+    from medden.metrics.reference import psnr, ssim_3d
+    from medden.noise import simulate
+
+    full = medden.load_volume(SHARED / "ct" / CT_CASE)
+    full = medden.Volume(full.data, full.affine, modality="CT", meta=full.meta)
+    box = centre_crop(full.data, (128, 128, 48))
+    ref = np.ascontiguousarray(full.data[box])
+    mask = ref > -900
+    rois = tissue_rois(ref)
+    rows = []
+    for dose in CT_DOSES:
+        noisy = np.ascontiguousarray(simulate(full, "lowdose-ct-insertion", dose=dose, seed=args.seed).data[box])
+        vol = medden.Volume(noisy, full.affine, modality="CT")
+        row = {"volume": CT_CASE, "crop": [128, 128, 48], "dose": dose,
+               "noisy": {"psnr": psnr(ref, noisy, mask, data_range=2000.0)}}
+        t = time.perf_counter()
+        mean, std = dd.posterior_volume(vol, sigma="auto", device="cpu", samples=args.samples, steps=args.steps,
+                                        seed=args.seed, weights=args.ct_weights)
+        outs = {"diffusion": (mean.data, time.perf_counter() - t)}
+        for m in [m for m in args.ct_methods.split(",") if m]:
+            t = time.perf_counter()
+            outs[m] = (medden.denoise(vol, method=m, sigma="auto").data, time.perf_counter() - t)
+        for m, (est, sec) in outs.items():
+            bias = [float(est[b].mean() - ref[b].mean()) for b in rois]
+            row[m] = {"psnr": psnr(ref, est, mask, data_range=2000.0), "ssim": ssim_3d(ref, est, mask, data_range=2000.0),
+                      "max_abs_hu_bias": max(map(abs, bias)) if bias else None, "seconds": sec}
+        row["diffusion"]["calibration"] = calibration(ref, mean.data, std.data, mask)
+        print(f"CT dose {dose:.0%}: " + " | ".join(f"{m} {row[m]['psnr']:.2f} dB |bias|≤{row[m]['max_abs_hu_bias']:.2f} HU "
+                                                   f"{row[m]['seconds']:.0f} s" for m in outs)
+              + f" | noisy {row['noisy']['psnr']:.2f} dB; diffusion ±2σ coverage "
+                f"{row['diffusion']['calibration']['coverage_2sd']:.1%}", flush=True)
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -166,6 +205,9 @@ def main() -> None:
     ap.add_argument("--weights", default="", help="a diffusion prior (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--ct-weights", default="", help="the CT prior (default: the shipped one, when there is one)")
+    ap.add_argument("--ct-methods", default="bm4d,deep-ct", help="registry methods run beside it on CT")
+    ap.add_argument("--no-ct", action="store_true", help="skip the low-dose CT part")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffusion.json"))
     args = ap.parse_args()
     import torch
@@ -187,6 +229,15 @@ def main() -> None:
                         "training_steps": card.training.get("steps"), "training_minutes": card.training.get("minutes"),
                         "final_val_psnr_x0_dB": card.training.get("final_val_psnr_x0_dB"), "sampler": tuned},
               "quality": bench_quality(args), "speed": bench_speed(args)}
+    ct_prior = Path(args.ct_weights) if args.ct_weights else shipped_prior_path("CT")
+    if not args.no_ct and ct_prior != shipped_prior_path("MR"):
+        args.ct_weights = str(ct_prior)
+        _, ct_card = load_prior(ct_prior)
+        result["ct_prior"] = {"weights": ct_prior.name, "config": ct_card.config,
+                              "training_steps": ct_card.training.get("steps"),
+                              "training_minutes": ct_card.training.get("minutes"),
+                              "sampler": ct_card.noise.get("sampler", {})}
+        result["ct"] = bench_ct_quality(args)
     result["total_seconds"] = time.perf_counter() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -213,3 +213,53 @@ def test_weights_round_trip_and_clear_errors(tmp_path, weights, prior):
         load_prior(other)
     with pytest.raises(ModelError, match="not found"):
         load_prior(tmp_path / "missing.safetensors")
+
+
+def test_the_cards_uncertainty_floor_adds_a_share_of_the_noise_variance(tmp_path, weights):
+    card = json.loads(weights.with_suffix(".json").read_text())
+    card["noise"] = {"sampler": {"uncertainty_scale": 1.5, "uncertainty_floor": 0.2, "guidance": 1.0}}
+    floored = tmp_path / "floored.safetensors"
+    floored.write_bytes(weights.read_bytes())
+    floored.with_suffix(".json").write_text(json.dumps(card))
+    y = _noisy(_phantom(), 5.0)
+    _, raw = dd.posterior(y, 5.0, samples=2, steps=2, weights=str(floored), calibrated=False)
+    _, cal = dd.posterior(y, 5.0, samples=2, steps=2, weights=str(floored))
+    np.testing.assert_allclose(cal, 1.5 * np.sqrt(raw ** 2 + 0.2 * 5.0 ** 2), rtol=1e-4, atol=1e-4)
+
+
+def test_uncertainty_floor_fit_recovers_the_variance_model():
+    from medden.training.diffusion import fit_uncertainty_floor
+
+    rng = np.random.default_rng(0)
+    runs = []
+    for sigma in (3.0, 6.0):  # true error variance: 2·(s² + 0.5·σ²)
+        s = rng.uniform(0.2, 4.0, 40000) * sigma / 3
+        err = np.abs(rng.normal(size=s.size) * np.sqrt(2 * (s ** 2 + 0.5 * sigma ** 2)))
+        runs.append((err, s, sigma))
+    assert fit_uncertainty_floor(runs) == pytest.approx(0.5, rel=0.15)
+    assert fit_uncertainty_floor([(np.abs(rng.normal(size=s.size)) * s, s, 3.0)]) < 0.05  # spread explains the error
+
+
+def test_shipped_prior_is_chosen_by_modality(tmp_path, monkeypatch):
+    import medden.models as models
+    from medden.models.diffusion import SHIPPED_PRIORS, shipped_prior_path
+
+    monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path)
+    (tmp_path / SHIPPED_PRIORS["MR"]).write_bytes(b"mr")
+    assert shipped_prior_path("CT").name == SHIPPED_PRIORS["MR"]  # no CT prior: the MR one
+    (tmp_path / SHIPPED_PRIORS["CT"]).write_bytes(b"ct")
+    assert shipped_prior_path("CT").name == SHIPPED_PRIORS["CT"] and shipped_prior_path("MR").name == SHIPPED_PRIORS["MR"]
+    assert shipped_prior_path("PT").name == SHIPPED_PRIORS["MR"]
+
+
+def test_ct_calibration_on_a_low_dose_slab(prior):
+    from medden.phantoms import water_cylinder
+    from medden.training.diffusion import CT_OFFSET, CT_SCALE, SliceVolume, calibrate_sampler
+
+    cyl = water_cylinder((96, 96, 6), spacing=(1.0, 1.0, 2.0))
+    z = (2 * (cyl.volume.data - CT_OFFSET) / CT_SCALE - 1).astype(np.float32)
+    rec = calibrate_sampler(prior, [SliceVolume("cylinder", z, (1.0, 1.0, 2.0))], guidances=(1.0,), samples=2,
+                            steps=2, crop=(48, 48, 6), modality="CT", log=lambda s: None)
+    assert rec["uncertainty_floor"] >= 0 and rec["uncertainty_scale"] > 0
+    assert rec["coverage_2sd_after"] == pytest.approx(0.954, abs=0.01)
+    assert "low-dose CT" in rec["fitted_on"]

@@ -70,6 +70,8 @@ def denoise(volume: Volume, method: str = "auto", sigma: float | str = "auto", d
         sigma_value, sigma_source = float(sigma), "given"
         if not np.isfinite(sigma_value) or sigma_value < 0:
             raise ParameterError(f"sigma must be a finite number ≥ 0, got {sigma!r}")
+    if spec.uses_modality:
+        extra["modality"] = volume.modality
     start = time.perf_counter()
     out = spec.fn(volume.data, sigma_value, spacing=volume.spacing, device=dev, **extra, **resolved)
     seconds = time.perf_counter() - start

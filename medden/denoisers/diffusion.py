@@ -86,13 +86,13 @@ def _cached_prior(path: str, mtime: float, device: str):
     return load_prior(path, device=device)
 
 
-def _normalisation(data: np.ndarray, card) -> tuple[float, float]:
+def _normalisation(data: np.ndarray, card, override=None) -> tuple[float, float]:
     """``(offset, scale)`` so that ``z = 2·(x − offset)/scale − 1`` puts the data in the prior's ``[-1, 1]`` units.
 
     Percentile normalisation (MR): offset 0, scale the 99.9th percentile of the non-zero voxels (a zero background
     maps to −1). Data with negative values (CT in HU) under a percentile card are shifted so the minimum (air,
     bounded at −1024 HU) maps to −1. A ``fixed`` card gives offset and scale directly."""
-    norm = getattr(card, "normalisation", None)
+    norm = override if override is not None else getattr(card, "normalisation", None)
     if norm is not None and norm.kind == "fixed":
         return float(norm.offset), float(norm.scale)
     q = norm.percentile if norm is not None else 99.9
@@ -226,8 +226,8 @@ def _sample_slab(net, lik: _Likelihood, t_star: int, ts: list[int], *, generator
 def posterior(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str = "cpu", samples: int = 8,
               steps: int = 6, seed: int = 0, likelihood: str = "auto", guidance: float = 0.0,
               stochasticity: float = 1.0, weights: str | Path = "", precision: str = "auto", noise=None,
-              prior=None, slab: int | None = None, calibrated: bool = True, progress: Progress | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+              prior=None, slab: int | None = None, calibrated: bool = True, progress: Progress | None = None,
+              modality: str = "MR", normalisation=None) -> tuple[np.ndarray, np.ndarray]:
     """Sample the posterior of the clean volume under the diffusion prior: ``(mean, std)`` in the data's units.
 
     Parameters
@@ -252,6 +252,8 @@ def posterior(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str =
     calibrated : apply the card's ``uncertainty_scale`` and ``uncertainty_floor`` (fitted on validation data at
         export, see :func:`medden.training.diffusion.calibrate_sampler`); False gives the raw sample spread.
     progress : called as ``progress(done, total)`` after every reverse step of every sample.
+    modality : picks the shipped prior when ``weights`` is empty: the CT prior for CT, the MR prior otherwise.
+    normalisation : a :class:`medden.models.Normalisation` replacing the card's (for a ``prior`` given directly).
 
     Returns
     -------
@@ -293,7 +295,7 @@ def posterior(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str =
     else:
         from medden.models.diffusion import shipped_prior_path
 
-        path = Path(weights) if weights else shipped_prior_path()
+        path = Path(weights) if weights else shipped_prior_path(modality)
         if path.is_file():
             net, card = _cached_prior(str(path.resolve()), path.stat().st_mtime, device)
         else:
@@ -330,7 +332,7 @@ def posterior(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str =
         guidance = float(tuned.get("guidance", 1.0))
     std_scale = float(tuned.get("uncertainty_scale", 1.0)) if calibrated else 1.0
     std_floor = float(tuned.get("uncertainty_floor", 0.0)) if calibrated else 0.0
-    offset, scale = _normalisation(x, card)
+    offset, scale = _normalisation(x, card, normalisation)
     to_net = 2.0 / scale
     sig_net = sig_global * to_net
     if sig_net > net.sigma_max:
@@ -413,7 +415,7 @@ def _available() -> bool:
 
 
 @register("diffusion", family="diffusion", quality_rank=90, gpu=True, modalities=("MR", "CT"),
-          availability=_available, uses_noise_estimate=True,
+          availability=_available, uses_noise_estimate=True, uses_modality=True,
           summary="posterior sampling with a 2.5D diffusion prior (DiffPIR): posterior mean, uncertainty map via "
                   "medden.denoisers.diffusion.posterior_volume",
           params=(Param("samples", 8, "", "posterior samples averaged (the uncertainty map needs >= 2)"),
@@ -427,14 +429,14 @@ def _available() -> bool:
                   Param("precision", "auto", "", "autocast precision", choices=("auto", "fp32", "bf16", "fp16"))))
 def diffusion(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str = "cpu", noise=None, samples: int = 8,
               steps: int = 6, seed: int = 0, likelihood: str = "auto", guidance: float = 0.0, weights: str = "",
-              precision: str = "auto") -> np.ndarray:
+              precision: str = "auto", modality: str = "MR") -> np.ndarray:
     """The posterior mean of :func:`posterior` (the registry's calling convention: one array back).
 
     Inside :func:`posterior_volume` the standard deviation is handed back to it and progress is reported."""
     capture = _CAPTURE.get()
     mean, std = posterior(data, sigma, spacing=spacing, device=device, samples=samples, steps=steps, seed=seed,
                           likelihood=likelihood, guidance=guidance, weights=weights, precision=precision, noise=noise,
-                          progress=capture.get("progress") if capture else None)
+                          progress=capture.get("progress") if capture else None, modality=modality)
     if capture is not None:
         capture["std"] = std
     return mean

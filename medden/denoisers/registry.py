@@ -63,6 +63,7 @@ class DenoiserSpec:
     extra: str | None = None  # pip extra needed (e.g. "bm"), or None
     quality_rank: int = 100  # lower is better; the default method is the best-ranked available one
     uses_noise_estimate: bool = False  # fn takes ``noise=NoiseEstimate`` (e.g. a CT noise power spectrum)
+    uses_modality: bool = False  # fn takes ``modality=`` (the volume's: e.g. to pick a model trained on it)
     availability: Callable[[], bool] = field(default=lambda: True, repr=False)
 
     @property
@@ -88,7 +89,7 @@ _REGISTRY: dict[str, DenoiserSpec] = {}
 
 def register(name: str, *, family: str, summary: str, params: tuple[Param, ...] = (),
              modalities: tuple[str, ...] = ALL_MODALITIES, gpu: bool = False, extra: str | None = None,
-             quality_rank: int = 100, uses_noise_estimate: bool = False,
+             quality_rank: int = 100, uses_noise_estimate: bool = False, uses_modality: bool = False,
              availability: Callable[[], bool] | None = None) -> Callable:
     """Decorator registering a denoiser function under ``name``."""
 
@@ -97,7 +98,8 @@ def register(name: str, *, family: str, summary: str, params: tuple[Param, ...] 
             raise RuntimeError(f"denoiser {name!r} registered twice")
         _REGISTRY[name] = DenoiserSpec(name=name, fn=fn, family=family, summary=summary, params=params,
                                        modalities=modalities, gpu=gpu, extra=extra, quality_rank=quality_rank,
-                                       uses_noise_estimate=uses_noise_estimate, availability=availability or (lambda: True))
+                                       uses_noise_estimate=uses_noise_estimate, uses_modality=uses_modality,
+                                       availability=availability or (lambda: True))
         return fn
 
     return wrap

@@ -34,6 +34,8 @@ from medden.models.card import ModelCard, ModelError, load_weights_into, read_ca
 ARCHITECTURE = "diffusion-unet2.5d"
 #: The shipped prior (MR), in ``medden/models/weights/``.
 SHIPPED_PRIOR = "medden_diffusion_mr_prior.safetensors"
+#: the shipped prior per modality; modalities without their own use the MR prior
+SHIPPED_PRIORS = {"MR": SHIPPED_PRIOR, "CT": "medden_diffusion_ct_prior.safetensors"}
 
 
 class SlicePrior(nn.Module):
@@ -113,11 +115,13 @@ def build_prior(**config: Any) -> SlicePrior:
         raise ModelError(f"bad configuration for {ARCHITECTURE}: {exc}") from None
 
 
-def shipped_prior_path() -> Path:
-    """Where the shipped prior's weights live (the file may be absent in a checkout without weights)."""
+def shipped_prior_path(modality: str = "MR") -> Path:
+    """Where the shipped prior for ``modality`` lives: its own when shipped (CT), else the MR prior (the file may be
+    absent in a checkout without weights)."""
     from medden.models import WEIGHTS_DIR
 
-    return WEIGHTS_DIR / SHIPPED_PRIOR
+    own = WEIGHTS_DIR / SHIPPED_PRIORS.get(str(modality).upper(), SHIPPED_PRIOR)
+    return own if own.is_file() else WEIGHTS_DIR / SHIPPED_PRIOR
 
 
 def prior_available(path: str | Path | None = None) -> bool:

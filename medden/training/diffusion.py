@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -44,8 +44,18 @@ MR_DATA: list[tuple[str, str]] = [
     ("niivue_m2208_t2w_brain_1mm.nii.gz", "BSD-2-Clause (niivue/niivue-demo-images); top 20 % of slices held out "
                                           "for validation"),
 ]
+#: the CT prior's volumes (full-dose scans: their own quantum noise is part of what the prior calls clean)
+CT_DATA: list[tuple[str, str]] = [
+    ("totalseg_upper_abdomen_siemens.nii.gz", "CC BY 4.0 (TotalSegmentator dataset; repository Apache-2.0)"),
+    ("totalseg_abdomen_pelvis_3mm.nii.gz", "CC BY 4.0 (TotalSegmentator dataset; repository Apache-2.0)"),
+    ("totalseg_chest_cta_1p5mm.nii.gz", "CC BY 4.0 (TotalSegmentator dataset; repository Apache-2.0); top 20 % of "
+                                        "slices held out for validation"),
+]
+DATA = {"MR": MR_DATA, "CT": CT_DATA}
 HELD_OUT = ("rorden_", "lindner_", "pyradiomics_lung1_chest")
 VAL_FRACTION = 0.2
+#: CT in the prior's units: z = 2·(HU − CT_OFFSET)/CT_SCALE − 1 = HU/1000 (air −1, water 0, dense bone ≈ 1)
+CT_OFFSET, CT_SCALE = -1000.0, 2000.0
 
 
 @dataclass
@@ -55,20 +65,25 @@ class SliceVolume:
     spacing: tuple[float, float, float]
 
 
-def load_training_volumes(folder: Path = SHARED, log: Callable[[str], None] = print
+def load_training_volumes(folder: Path = SHARED, log: Callable[[str], None] = print, modality: str = "MR"
                           ) -> tuple[list[SliceVolume], list[SliceVolume]]:
-    """The training volumes and the validation volume, in the prior's units."""
+    """The training volumes and the validation volume, in the prior's units (MR: per-volume 99.9th percentile;
+    CT: fixed, ``HU/1000`` clipped to [−1, 3])."""
     import medden
 
     train, val = [], []
-    for name, _ in MR_DATA:
+    data_list = DATA[modality]
+    for name, _ in data_list:
         if name.startswith(HELD_OUT):
             raise ValueError(f"{name} is a held-out test volume and must not be trained on")
         vol = medden.load_volume(folder / name)
         data = np.asarray(vol.data, np.float32)
-        z = (2 * data / percentile_scale(data) - 1).astype(np.float32)
+        if modality == "CT":
+            z = np.clip(2 * (data - CT_OFFSET) / CT_SCALE - 1, -1, 3).astype(np.float32)
+        else:
+            z = (2 * data / percentile_scale(data) - 1).astype(np.float32)
         sp = tuple(float(s) for s in vol.spacing)
-        if name == MR_DATA[-1][0]:
+        if name == data_list[-1][0]:
             cut = int(round(z.shape[2] * (1 - VAL_FRACTION)))
             train.append(SliceVolume(name, np.ascontiguousarray(z[:, :, :cut - 4]), sp))
             val.append(SliceVolume(name + "[val]", np.ascontiguousarray(z[:, :, cut:]), sp))
@@ -81,8 +96,9 @@ def load_training_volumes(folder: Path = SHARED, log: Callable[[str], None] = pr
 class StackSampler:
     """Random stacks of adjacent slices ``[B, 2k+1, P, P]`` (z units) from the volumes."""
 
-    def __init__(self, volumes: list[SliceVolume], neighbours: int, patch: int, seed: int) -> None:
-        self.volumes, self.k, self.patch = volumes, neighbours, patch
+    def __init__(self, volumes: list[SliceVolume], neighbours: int, patch: int, seed: int,
+                 gain: tuple[float, float] = (0.9, 1.1)) -> None:
+        self.volumes, self.k, self.patch, self.gain = volumes, neighbours, patch, gain
         self.rng = np.random.default_rng(seed)
         sizes = np.array([v.data.size for v in volumes], float)
         self.p = np.sqrt(sizes) / np.sqrt(sizes).sum()
@@ -114,7 +130,7 @@ class StackSampler:
             s = s[:, :, ::-1]
         if self.rng.random() < 0.5 and abs(np.delete(sp, axis)[0] - np.delete(sp, axis)[1]) < 0.1:
             s = s.transpose(0, 2, 1)
-        gain = self.rng.uniform(0.9, 1.1)  # robustness to the percentile normalisation
+        gain = self.rng.uniform(*self.gain)  # MR: robustness to the percentile normalisation; CT: none (HU)
         return ((s + 1) * gain - 1).astype(np.float32)
 
     def sample(self, batch: int) -> torch.Tensor:
@@ -156,8 +172,8 @@ def validate(net, stacks: torch.Tensor, sigmas=(0.04, 0.10), seed: int = 7) -> d
 def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int = 100_000, batch: int = 16,
                 patch: int = 64, lr: float = 5e-4, ema: float = 0.995, threads: int | None = 2, seed: int = 0,
                 config: dict | None = None, log_every: int = 100, export: str | Path | None = None,
-                docs_dir: str | Path | None = None, command: str = "", data_folder: Path = SHARED,
-                device: str = "auto", log: Callable[[str], None] = print) -> dict:
+                docs_dir: str | Path | None = None, command: str = "", data_folder: Path | None = None,
+                device: str = "auto", modality: str = "MR", log: Callable[[str], None] = print) -> dict:
     """Train (or resume) the prior; returns the record (and exports when ``export`` is given).
 
     ``device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``; stacks are drawn on the CPU and moved over."""
@@ -170,8 +186,11 @@ def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int
     torch.manual_seed(seed)
     ckpt = Path(checkpoint_dir)
     ckpt.mkdir(parents=True, exist_ok=True)
-    log(f"loading {len(MR_DATA)} MR volumes")
-    train_vols, val_vols = load_training_volumes(data_folder, log)
+    if modality not in DATA:
+        raise ValueError(f"modality must be one of {', '.join(DATA)}, got {modality!r}")
+    folder = Path(data_folder) if data_folder else SHARED.parent / {"MR": "mri", "CT": "ct"}[modality]
+    log(f"loading {len(DATA[modality])} {modality} volumes")
+    train_vols, val_vols = load_training_volumes(folder, log, modality=modality)
     cfg = dict(config or {})
     net = build_prior(**cfg).to(device).train()
     ema_net = copy.deepcopy(net).eval()
@@ -179,7 +198,7 @@ def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int
         p.requires_grad_(False)
     sched = net.make_scheduler()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sampler = StackSampler(train_vols, net.neighbours, patch, seed)
+    sampler = StackSampler(train_vols, net.neighbours, patch, seed, gain=(1.0, 1.0) if modality == "CT" else (0.9, 1.1))
     val = _validation(val_vols, net.neighbours, patch)
     step, elapsed, history = 0, 0.0, []
     last = ckpt / "last.pt"
@@ -245,43 +264,69 @@ def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int
                            else f"{torch.get_num_threads()} CPU threads")}
     if export:
         log("tuning the sampler and fitting the uncertainty scale on the validation volume")
-        sampler_record = calibrate_sampler(ema_net, val_vols, seed=seed, device=device, log=log)
+        sampler_record = calibrate_sampler(ema_net, val_vols, seed=seed, device=device, modality=modality, log=log)
         record["export"] = str(export_prior(ema_net, record, export, docs_dir=docs_dir, command=command,
-                                            sampler=sampler_record, log=log))
+                                            sampler=sampler_record, modality=modality, log=log))
     return record
 
 
-def calibrate_sampler(net, val: list[SliceVolume], *, levels=(0.03, 0.05), guidances=(0.5, 1.0, 2.0, 4.0),
+def calibrate_sampler(net, val: list[SliceVolume], *, levels=None, guidances=(0.5, 1.0, 2.0, 4.0),
                       samples: int = 8, steps: int = 6, crop=(96, 96, 24), seed: int = 0, device: str = "cpu",
-                      log: Callable[[str], None] = print) -> dict:
+                      modality: str = "MR", log: Callable[[str], None] = print) -> dict:
     """Tune the sampler on the validation volume (never on test volumes) and fit the uncertainty scale.
 
-    Rician noise at ``levels`` (fractions of the crop's maximum) is added to a centre crop of the validation volume;
-    the guidance λ with the best mean PSNR of the posterior mean is kept. The uncertainty becomes
-    ``c·√(std² + β·σ²)``: ``β`` from :func:`fit_uncertainty_floor` (the error the samples do not show, mostly where
-    they agree), then ``c = q₀.₉₅₄(|truth − mean| / √(std² + β·σ²)) / 2`` so that ±2 of them cover 95.4 % of the
-    validation voxels — σ-scaling recalibration (Levi et al. 2019; Kuleshov et al., ICML 2018) with a conformal-style
-    quantile."""
+    MR: Rician noise at ``levels`` (fractions of the crop's maximum; default 3 % and 5 %) on a centre crop of the
+    validation volume. CT: projection-domain low-dose noise at ``levels`` (doses; default 25 % and 10 %) on the
+    validation slab, sampled as a user's scan is (σ and the CT noise map estimated, weighted-Gaussian likelihood),
+    against the full-dose slab. The guidance λ with the best mean PSNR of the posterior mean is kept. The uncertainty
+    becomes ``c·√(std² + β·σ²)``: ``β`` from :func:`fit_uncertainty_floor` (the error the samples do not show, mostly
+    where they agree), then ``c = q₀.₉₅₄(|truth − mean| / √(std² + β·σ²)) / 2`` so that ±2 of them cover 95.4 % of
+    the validation voxels — σ-scaling recalibration (Levi et al. 2019; Kuleshov et al., ICML 2018) with a
+    conformal-style quantile."""
+    import medden
     from medden.denoisers.diffusion import posterior
-    from medden.noise import rician
+    from medden.models import Normalisation
+    from medden.noise import estimate_noise, rician, simulate
 
     v = val[0]
     z = v.data
-    sl = tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + min(n, c)) for n, c in zip(z.shape, crop))
-    clean = ((z[sl] + 1) / 2).astype(np.float32)
-    peak = float(clean.max())
-    mask = clean > 0.02 * peak
+    if modality == "CT":
+        levels = tuple(levels or (0.25, 0.10))
+        clean = ((z + 1) / 2 * CT_SCALE + CT_OFFSET).astype(np.float32)
+        peak, mask, norm = 2000.0, clean > -900, Normalisation("fixed", offset=CT_OFFSET, scale=CT_SCALE)
+        full = medden.Volume(clean, np.diag([*v.spacing, 1.0]), modality="CT")
+        cases = []
+        sl = tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + min(n, c)) for n, c in zip(z.shape, crop))
+        for i, dose in enumerate(levels):  # noise made and measured on whole slices, sampled on the centre crop
+            noisy = simulate(full, "lowdose-ct-insertion", dose=dose, seed=seed + i).data
+            est = estimate_noise(medden.Volume(noisy, full.affine, modality="CT"))
+            smap = np.broadcast_to(np.asarray(est.noise_map if est.noise_map is not None else est.sigma,
+                                              np.float32), noisy.shape)[sl]
+            cases.append((np.ascontiguousarray(noisy[sl]), np.ascontiguousarray(smap), None, smap))
+        clean, mask = clean[sl], mask[sl]
+        what = (f"centre crop {list(crop)} of projection-domain low-dose CT at doses "
+                + ", ".join(f"{d:.0%}" for d in levels) + " (σ map estimated on whole slices)")
+    else:
+        levels = tuple(levels or (0.03, 0.05))
+        sl = tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + min(n, c)) for n, c in zip(z.shape, crop))
+        clean = ((z[sl] + 1) / 2).astype(np.float32)
+        peak = float(clean.max())
+        mask, norm = clean > 0.02 * peak, None
+        cases = [(rician(clean, sigma=lev * peak, generator=seed + i), lev * peak, None, lev * peak)
+                 for i, lev in enumerate(levels)]
+        what = f"centre crop {list(crop)}, Rician noise at " + ", ".join(f"{lev:.0%}" for lev in levels) + \
+            " of the crop maximum"
     runs: dict[float, list] = {}
     for lam in guidances:
         runs[lam] = []
-        for i, lev in enumerate(levels):
-            sigma = lev * peak
-            noisy = rician(clean, sigma=sigma, generator=seed + i)
+        for noisy, sigma, est, sig_vox in cases:
             mean, std = posterior(noisy, sigma, spacing=v.spacing, samples=samples, steps=steps, seed=seed,
-                                  guidance=lam, prior=net, likelihood="rician", device=device)
+                                  guidance=lam, prior=net, likelihood="gaussian" if modality == "CT" else "rician",
+                                  device=device, noise=est, normalisation=norm)
             mse = float(np.mean((mean - clean)[mask] ** 2))
-            runs[lam].append((10 * math.log10(peak ** 2 / mse), np.abs(clean - mean)[mask], std[mask], sigma))
-        log(f"  validation λ={lam:g}: PSNR " + ", ".join(f"{r[0]:.2f}" for r in runs[lam]) + " dB at σ = "
+            sv = np.broadcast_to(sig_vox, clean.shape)[mask]
+            runs[lam].append((10 * math.log10(peak ** 2 / mse), np.abs(clean - mean)[mask], std[mask], sv))
+        log(f"  validation λ={lam:g}: PSNR " + ", ".join(f"{r[0]:.2f}" for r in runs[lam]) + " dB at "
             + ", ".join(f"{lev:.0%}" for lev in levels))
     best = max(guidances, key=lambda lam: float(np.mean([r[0] for r in runs[lam]])))
     floor = fit_uncertainty_floor([(r[1], r[2], r[3]) for r in runs[best]])
@@ -291,9 +336,7 @@ def calibrate_sampler(net, val: list[SliceVolume], *, levels=(0.03, 0.05), guida
     ratio = err / np.maximum(std, 1e-12)
     scale = float(np.quantile(err / np.maximum(spread, 1e-12), math.erf(2 / math.sqrt(2))) / 2)
     record = {"guidance": best, "steps": steps, "samples": samples, "uncertainty_scale": round(scale, 4),
-              "uncertainty_floor": round(floor, 5),
-              "fitted_on": f"{v.name}, centre crop {list(crop)}, Rician noise at "
-                           + ", ".join(f"{lev:.0%}" for lev in levels) + " of the crop maximum",
+              "uncertainty_floor": round(floor, 5), "fitted_on": f"{v.name}, {what}",
               "validation_psnr_dB": {f"{lam:g}": [round(r[0], 3) for r in runs[lam]] for lam in guidances},
               "coverage_2sd_before": float(np.mean(ratio <= 2)),
               "coverage_2sd_after": float(np.mean(err <= 2 * scale * spread))}
@@ -302,7 +345,7 @@ def calibrate_sampler(net, val: list[SliceVolume], *, levels=(0.03, 0.05), guida
     return record
 
 
-def fit_uncertainty_floor(runs: list[tuple[np.ndarray, np.ndarray, float]], bins: int = 10) -> float:
+def fit_uncertainty_floor(runs: list[tuple[np.ndarray, np.ndarray, Any]], bins: int = 10) -> float:
     """``β`` of the variance model ``err² ≈ a·(s² + β·σ²)`` from ``(|error|, raw std, σ)`` per noise level.
 
     Voxels of each level are binned by ``s`` (equal counts); non-negative least squares of the bins' mean squared
@@ -315,30 +358,32 @@ def fit_uncertainty_floor(runs: list[tuple[np.ndarray, np.ndarray, float]], bins
         order = np.argsort(std, kind="stable")
         for idx in np.array_split(order, bins):
             if len(idx):
-                rows.append([float(np.mean(std[idx] ** 2)), float(sigma) ** 2])
+                sig = np.broadcast_to(np.asarray(sigma, np.float64), std.shape)  # a level or one per voxel
+                rows.append([float(np.mean(std[idx] ** 2)), float(np.mean(sig[idx] ** 2))])
                 rhs.append(float(np.mean(err[idx] ** 2)))
     (a, b), _ = nnls(np.asarray(rows), np.asarray(rhs))
     return float(b / a) if a > 0 else 0.0
 
 
 def export_prior(net, record: dict, path: str | Path, *, docs_dir: str | Path | None = None, command: str = "",
-                 sampler: dict | None = None, log: Callable[[str], None] = print) -> Path:
+                 sampler: dict | None = None, modality: str = "MR", log: Callable[[str], None] = print) -> Path:
     """Save the prior as ``path`` (safetensors + JSON card with data, licences, command and curves)."""
     from medden.models import ModelCard, Normalisation, save_model
     from medden.training.loop import write_curves
 
     hist = record.get("history", [])
     card = ModelCard(
-        name=Path(path).stem, architecture=net.architecture, config=dict(net.config), modality="MR",
-        normalisation=Normalisation("percentile", 99.9), version="0.1.0",
+        name=Path(path).stem, architecture=net.architecture, config=dict(net.config), modality=modality,
+        normalisation=(Normalisation("fixed", offset=CT_OFFSET, scale=CT_SCALE) if modality == "CT"
+                       else Normalisation("percentile", 99.9)), version="0.2.0",
         noise={"model": "any (prior of clean images); posterior sampling supplies the likelihood",
                "sigma_max_fraction_of_p99.9": round(net.sigma_max / 2, 4),
                "sampler": sampler or {}},
         training={"objective": "DDPM epsilon-prediction MSE on the centre slice, t = floor(t_max*u^2)",
                   "command": command,
-                  "data": [{"path": name, "licence": lic} for name, lic in MR_DATA],
+                  "data": [{"path": name, "licence": lic} for name, lic in DATA[modality]],
                   "held_out_never_trained_on": list(HELD_OUT),
-                  "validation": f"{MR_DATA[-1][0]}: top {int(VAL_FRACTION * 100)} % of slices (last axis)",
+                  "validation": f"{DATA[modality][-1][0]}: top {int(VAL_FRACTION * 100)} % of slices (last axis)",
                   "steps": record.get("steps"), "minutes": record.get("minutes"), "batch": record.get("batch"),
                   "patch": record.get("patch"), "learning_rate": record.get("lr"), "ema": record.get("ema"),
                   "threads": record.get("threads"), "hardware": record.get("hardware", "CPU"),
@@ -362,20 +407,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    ap.add_argument("--data-folder", default=str(SHARED), help="folder holding the MR volumes of MR_DATA")
+    ap.add_argument("--modality", default="MR", choices=sorted(DATA), help="which prior: MR (MR_DATA) or CT (CT_DATA)")
+    ap.add_argument("--data-folder", default="", help="folder holding the volumes (default: /work/shared/data/mr[i]|ct)")
     ap.add_argument("--log-every", type=int, default=100, help="steps between validation records")
     ap.add_argument("--channels", default="16,32,64")
-    ap.add_argument("--export", default="medden/models/weights/medden_diffusion_mr_prior.safetensors")
-    ap.add_argument("--docs-dir", default="benchmarks/results/diffusion_prior")
+    ap.add_argument("--export", default="", help="weights to write (default: medden/models/weights/"
+                                                 "medden_diffusion_{mr,ct}_prior.safetensors; 'none': no export)")
+    ap.add_argument("--docs-dir", default="", help="curves folder (default: benchmarks/results/diffusion_prior[_ct])")
     args = ap.parse_args(argv)
     import sys
 
     command = "python -m medden.training.diffusion " + " ".join(sys.argv[1:] if argv is None else argv)
+    m = args.modality.lower()
     train_prior(checkpoint_dir=args.checkpoint_dir, minutes=args.minutes, steps=args.steps, batch=args.batch,
                 patch=args.patch, lr=args.lr, threads=args.threads, seed=args.seed,
-                config={"channels": tuple(int(c) for c in args.channels.split(","))}, export=args.export or None,
-                docs_dir=args.docs_dir or None, command=command.strip(), device=args.device,
-                data_folder=Path(args.data_folder), log_every=args.log_every)
+                config={"channels": tuple(int(c) for c in args.channels.split(","))},
+                export=None if args.export == "none" else (args.export or
+                                                           f"medden/models/weights/medden_diffusion_{m}_prior.safetensors"),
+                docs_dir=args.docs_dir or f"benchmarks/results/diffusion_prior{'' if m == 'mr' else '_' + m}",
+                command=command.strip(), device=args.device, modality=args.modality,
+                data_folder=Path(args.data_folder) if args.data_folder else None, log_every=args.log_every)
 
 
 if __name__ == "__main__":

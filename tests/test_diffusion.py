@@ -131,12 +131,18 @@ def test_ct_values_use_the_weighted_gaussian_with_the_estimated_noise_map(prior)
         dd.posterior(y, 10.0, likelihood="rician", prior=prior)
 
 
-def test_the_cards_uncertainty_scale_multiplies_the_spread(tmp_path, weights):
+def _with_sampler(weights, folder, **sampler):
+    """A copy of ``weights`` whose card records the given sampler settings."""
     card = json.loads(weights.with_suffix(".json").read_text())
-    card["noise"] = {"sampler": {"uncertainty_scale": 2.5, "guidance": 1.0}}
-    scaled = tmp_path / "scaled.safetensors"
-    scaled.write_bytes(weights.read_bytes())
-    scaled.with_suffix(".json").write_text(json.dumps(card))
+    card["noise"] = {"sampler": {"guidance": 1.0, **sampler}}
+    out = folder / "tuned.safetensors"
+    out.write_bytes(weights.read_bytes())
+    out.with_suffix(".json").write_text(json.dumps(card))
+    return out
+
+
+def test_the_cards_uncertainty_scale_multiplies_the_spread(tmp_path, weights):
+    scaled = _with_sampler(weights, tmp_path, uncertainty_scale=2.5)
     y = _noisy(_phantom(), 5.0)
     _, raw = dd.posterior(y, 5.0, samples=2, steps=2, weights=str(scaled), calibrated=False)
     _, cal = dd.posterior(y, 5.0, samples=2, steps=2, weights=str(scaled))
@@ -216,11 +222,7 @@ def test_weights_round_trip_and_clear_errors(tmp_path, weights, prior):
 
 
 def test_the_cards_uncertainty_floor_adds_a_share_of_the_noise_variance(tmp_path, weights):
-    card = json.loads(weights.with_suffix(".json").read_text())
-    card["noise"] = {"sampler": {"uncertainty_scale": 1.5, "uncertainty_floor": 0.2, "guidance": 1.0}}
-    floored = tmp_path / "floored.safetensors"
-    floored.write_bytes(weights.read_bytes())
-    floored.with_suffix(".json").write_text(json.dumps(card))
+    floored = _with_sampler(weights, tmp_path, uncertainty_scale=1.5, uncertainty_floor=0.2)
     y = _noisy(_phantom(), 5.0)
     _, raw = dd.posterior(y, 5.0, samples=2, steps=2, weights=str(floored), calibrated=False)
     _, cal = dd.posterior(y, 5.0, samples=2, steps=2, weights=str(floored))

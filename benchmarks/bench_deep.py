@@ -216,7 +216,8 @@ def format_row(row: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(SHARED))
-    ap.add_argument("--only", choices=("mr", "ct", "all"), default="all")
+    ap.add_argument("--only", choices=("mr", "ct", "all", "none"), default="all",
+                    help="which quality tables to run (none: with --big, the 512×512×300 timing alone)")
     ap.add_argument("--big", action="store_true", help="also time a 512×512×300 CT (seconds, peak memory)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="deep")

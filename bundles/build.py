@@ -207,12 +207,21 @@ def bench_table(res: dict, modality: str, method: str) -> list[str]:
     margins = [r[method]["psnr"] - r["bm4d"]["psnr"] for r in rows]
     out += ["", f"**Status: PSNR margin over BM4D {min(margins):+.2f} … {max(margins):+.2f} dB** — below BM4D, so the "
             "issue-7 target (≥ BM4D + 1.5 dB) is not met; the registry ranks this model after bm4d (`quality_rank` 15), "
-            "making it the default only where the optional BM4D extra is not installed. Undertrained: minutes of "
-            "training on 2 shared CPU cores."]
+            "making it the default only where the optional BM4D extra is not installed. Longer GPU training (the stages "
+            "above) narrowed the gap but plateaued on validation: the few clean training volumes, not compute, now "
+            "limit it."]
     if res.get("speed"):
         sp = res["speed"]
         out += ["", f"Throughput over all benchmark crops (MR and CT): deep {sp['deep_voxels_per_s']:,.0f} voxels/s, "
                 f"BM4D {sp['bm4d_voxels_per_s']:,.0f} voxels/s ({sp['ratio']:.1f}×)."]
+    gpu = ROOT / "benchmarks" / "results" / "gpu.json"
+    if gpu.is_file():
+        g = json.loads(gpu.read_text())
+        key = "deep_ct_512x512x300" if modality == "CT" else "deep_mr_256cubed"
+        if key in g:
+            what = "a 512×512×300 CT" if modality == "CT" else "a 256³ volume"
+            out += ["", f"On one {g['gpu']} ({g['torch']}, `python benchmarks/bench_gpu.py`): {what} in "
+                    f"{g[key]['seconds']:.2f} s after a warm-up call."]
     if modality == "CT" and res.get("big_ct_cpu", {}).get("seconds"):
         big = res["big_ct_cpu"]
         out += ["", f"A 512×512×300 CT on the CPU: {big['seconds']:.0f} s ({big['voxels_per_s']:,.0f} voxels/s), "

@@ -21,5 +21,9 @@ class ParameterError(MeddenError, ValueError):
     """An unknown method, an unknown parameter or a parameter value out of range."""
 
 
+class ModelError(MeddenError, ValueError):
+    """A model file cannot be used: missing, corrupt, or holding another architecture's weights."""
+
+
 class MissingDependencyError(MeddenError, ImportError):
     """An optional dependency (an extra) is needed for the requested feature."""

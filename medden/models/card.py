@@ -12,13 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from medden.data import sha256_file
-from medden.errors import MeddenError
+from medden.errors import ModelError  # noqa: F401  (raised here, and re-exported by medden.models)
 
 CARD_FORMAT = 1
-
-
-class ModelError(MeddenError, ValueError):
-    """A model file cannot be used: missing, corrupt, or holding another architecture's weights."""
 
 
 @dataclass

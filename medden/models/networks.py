@@ -105,7 +105,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 
 def build_network(architecture: str, **config: Any) -> nn.Module:
     """A fresh network of a known ``architecture`` (see :data:`ARCHITECTURES`) with its keyword ``config``."""
-    from medden.models.card import ModelError
+    from medden.errors import ModelError
 
     try:
         cls = ARCHITECTURES[architecture]

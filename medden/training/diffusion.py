@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from medden.training.data import percentile_scale
+from medden.training.loop import keep_record, write_curves
 
 SHARED = Path("/work/shared/data/mri")
 
@@ -252,10 +252,7 @@ def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int
             rec = {"step": step, "epoch": step / log_every, "minutes": round(elapsed / 60, 2),
                    "lr": opt.param_groups[0]["lr"], "train_loss": float(np.mean(run_losses)), **validate(ema_net, val)}
             run_losses = []
-            history.append(rec)
-            save()
-            with open(ckpt / "log.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            keep_record(rec, history, save, ckpt)
             log(f"step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} val ε-loss {rec['val_loss']:.4f} "
                 f"x̂0 PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
     record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "batch": batch, "patch": patch,
@@ -290,13 +287,13 @@ def calibrate_sampler(net, val: list[SliceVolume], *, levels=None, guidances=(0.
 
     v = val[0]
     z = v.data
+    sl = tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + min(n, c)) for n, c in zip(z.shape, crop))
     if modality == "CT":
         levels = tuple(levels or (0.25, 0.10))
         clean = ((z + 1) / 2 * CT_SCALE + CT_OFFSET).astype(np.float32)
         peak, mask, norm = 2000.0, clean > -900, Normalisation("fixed", offset=CT_OFFSET, scale=CT_SCALE)
         full = medden.Volume(clean, np.diag([*v.spacing, 1.0]), modality="CT")
         cases = []
-        sl = tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + min(n, c)) for n, c in zip(z.shape, crop))
         for i, dose in enumerate(levels):  # noise made and measured on whole slices, sampled on the centre crop
             noisy = simulate(full, "lowdose-ct-insertion", dose=dose, seed=seed + i).data
             est = estimate_noise(medden.Volume(noisy, full.affine, modality="CT"))
@@ -308,7 +305,6 @@ def calibrate_sampler(net, val: list[SliceVolume], *, levels=None, guidances=(0.
                 + ", ".join(f"{d:.0%}" for d in levels) + " (σ map estimated on whole slices)")
     else:
         levels = tuple(levels or (0.03, 0.05))
-        sl = tuple(slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + min(n, c)) for n, c in zip(z.shape, crop))
         clean = ((z[sl] + 1) / 2).astype(np.float32)
         peak = float(clean.max())
         mask, norm = clean > 0.02 * peak, None
@@ -369,7 +365,6 @@ def export_prior(net, record: dict, path: str | Path, *, docs_dir: str | Path | 
                  sampler: dict | None = None, modality: str = "MR", log: Callable[[str], None] = print) -> Path:
     """Save the prior as ``path`` (safetensors + JSON card with data, licences, command and curves)."""
     from medden.models import ModelCard, Normalisation, save_model
-    from medden.training.loop import write_curves
 
     hist = record.get("history", [])
     card = ModelCard(

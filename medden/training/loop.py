@@ -86,6 +86,15 @@ def validate(net, val: list[tuple], cfg: TrainConfig, device: str) -> dict[str, 
     return {"val_psnr_noisy": float(np.mean(p_in)), "val_psnr": float(np.mean(p_out)), "val_loss": float(np.mean(losses))}
 
 
+def keep_record(rec: dict, history: list[dict], save: Callable[[], None], folder: Path) -> None:
+    """One validation record: into ``history``, then the checkpoint (``save``, which stores the history), then a line
+    of ``folder/log.jsonl`` — the order that keeps the log no ahead of the checkpoint."""
+    history.append(rec)
+    save()
+    with open(folder / "log.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
 def _init_distributed(device: str) -> tuple[int, int, str]:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group — NCCL on GPUs, gloo on CPUs — and return
     ``(rank, world_size, device)``; otherwise ``(0, 1, device)``."""
@@ -223,10 +232,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                    "lr": opt.param_groups[0]["lr"], "train_loss": float(np.mean(run_losses)),
                    **validate(net, val, cfg, device)}
             run_losses = []
-            history.append(rec)
-            save()
-            with open(ckpt_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            keep_record(rec, history, save, ckpt_dir)
             log(f"epoch {rec['epoch']:.0f} step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} "
                 f"val PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
     record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "world_size": world}

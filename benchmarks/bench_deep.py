@@ -47,6 +47,38 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
+_WARM: set[str] = set()
+
+
+def timed_method(method: str, fn) -> tuple[object, float, dict]:
+    """Run ``fn`` and time it the way each method is fairly timed on a shared 2-core machine.
+
+    BM4D (tens of seconds a call) runs once. A deep model (a fraction of a second a call) runs three times and the
+    median counts, so one scheduling hiccup of the shared machine does not decide its figure; its first call in the
+    process (reading the weights, building the CPU kernels) is timed apart and recorded as ``first_call_seconds``.
+    """
+    extra: dict = {}
+    if not method.startswith("deep"):
+        out, sec = timed(fn)
+        return out, sec, extra
+    if method not in _WARM:
+        _, extra["first_call_seconds"] = timed(fn)
+        _WARM.add(method)
+    runs = [timed(fn) for _ in range(3)]
+    secs = sorted(r[1] for r in runs)
+    extra["runs_seconds"] = secs
+    return runs[0][0], secs[1], extra
+
+
+def variants(method: str, sigmas: tuple[str, ...] = ("true", "auto")):
+    """(result key, σ given as, parameters) to run for ``method``: a deep model also runs with σ estimated and with
+    its local-mean fidelity off, so the table shows what each part contributes."""
+    if not method.startswith("deep"):
+        return [(method, sigmas[0], {})]
+    out = [(method if s == sigmas[0] else f"{method} (σ {s})", s, {}) for s in sigmas]
+    return out + [(f"{method} (no fidelity)", sigmas[0], {"fidelity_mm": 0})]
+
+
 def bench_mr(data_dir: Path, methods: list[str], seed: int) -> list[dict]:
     import medden
     from medden.metrics.reference import psnr, ssim_3d
@@ -65,12 +97,13 @@ def bench_mr(data_dir: Path, methods: list[str], seed: int) -> list[dict]:
                    "noisy": {"psnr": psnr(clean, noisy, mask, data_range=peak),
                              "ssim": ssim_3d(clean, noisy, mask, data_range=peak)}}
             for m in methods:
-                for given in (("true", "auto") if m.startswith("deep") else ("true",)):
-                    out, sec = timed(lambda: medden.denoise(vol, method=m, sigma=sigma if given == "true" else "auto"))
-                    key = m if given == "true" else f"{m} (σ auto)"
+                for key, given, params in variants(m):
+                    out, sec, extra = timed_method(m, lambda: medden.denoise(
+                        vol, method=m, sigma=sigma if given == "true" else "auto", **params))
                     row[key] = {"psnr": psnr(clean, out.data, mask, data_range=peak),
                                 "ssim": ssim_3d(clean, out.data, mask, data_range=peak), "seconds": sec,
-                                "voxels_per_s": clean.size / sec, "sigma_used": out.meta["denoise"]["sigma"]}
+                                "voxels_per_s": clean.size / sec, "sigma_used": out.meta["denoise"]["sigma"],
+                                **extra}
             rows.append(row)
             print(format_row(row), flush=True)
     return rows
@@ -152,8 +185,8 @@ def bench_ct(data_dir: Path, methods: list[str], seed: int, crop=(128, 128, 48))
         row = {"volume": CT_CASE, "dose": dose, "voxels": int(noisy.size), "rois": len(rois),
                "nps_peak_full_dose_per_mm": ref_peak,
                "noisy": {"psnr": psnr(ref, noisy, mask, data_range=2000.0)}}
-        for m in methods:
-            out, sec = timed(lambda: medden.denoise(vol, method=m, sigma="auto"))
+        for m, base, params in [(key, m0, p) for m0 in methods for key, _, p in variants(m0, ("auto",))]:
+            out, sec, extra = timed_method(base, lambda: medden.denoise(vol, method=base, sigma="auto", **params))
             est = out.data
             bias = [float(est[b].mean() - ref[b].mean()) for b in rois]
             peak = nps_peak(est, rois, sp)
@@ -162,9 +195,50 @@ def bench_ct(data_dir: Path, methods: list[str], seed: int, crop=(128, 128, 48))
                       "mean_hu_bias": float(np.mean(bias)) if bias else None,
                       "nps_peak_per_mm": peak,
                       "nps_peak_rel_error": (peak / ref_peak - 1) if peak and ref_peak else None,
-                      "seconds": sec, "voxels_per_s": noisy.size / sec, "sigma_used": out.meta["denoise"]["sigma"]}
+                      "seconds": sec, "voxels_per_s": noisy.size / sec, "sigma_used": out.meta["denoise"]["sigma"],
+                      **extra}
         rows.append(row)
         print(format_row(row), flush=True)
+    return rows
+
+
+def bench_nps_phantom(methods: list[str], seed: int) -> list[dict]:
+    """NPS texture on a water cylinder, where large uniform ROIs resolve the peak (64-voxel ROIs: 0.022/mm bins).
+
+    The noise-free phantom is scanned in the projection domain at full dose and at 25 % and 10 % dose
+    (:func:`medden.noise.lowdose_ct`); each method denoises the low-dose scan with σ estimated; the axial NPS
+    (TG-233, :func:`medden.metrics.noise_power_spectrum`) of ``output − phantom`` inside the water is compared with
+    that of the full-dose scan's noise. Also recorded: the noise SD left and the mean HU bias in the water.
+    """
+    import medden
+    from medden.metrics.nps import noise_power_spectrum
+    from medden.noise import simulate
+    from medden.phantoms import water_cylinder
+
+    phantom = water_cylinder((256, 256, 16), (0.7, 0.7, 2.5), inserts={})
+    truth, water = phantom.volume, phantom.rois["water"]
+
+    def nps(x: np.ndarray):
+        return noise_power_spectrum(x, water, truth.spacing, reference=truth.data, roi_size=64)
+
+    full = nps(simulate(truth, "lowdose-ct", dose=1.0, seed=seed + 1).data)
+    rows = []
+    for dose in CT_DOSES:
+        low = simulate(truth, "lowdose-ct", dose=dose, seed=seed + 2)
+        row = {"phantom": "water cylinder 256×256×16, 0.7×0.7×2.5 mm", "dose": dose, "roi_size": 64,
+               "full_dose": {"nps_peak_per_mm": full.peak_frequency, "nps_mean_per_mm": full.mean_frequency,
+                             "noise_sd_hu": full.noise_std}}
+        for m, data in [("noisy", low.data)] + [(m, None) for m in methods]:
+            if data is None:
+                data = medden.denoise(low, method=m, sigma="auto").data
+            n = nps(data)
+            row[m] = {"nps_peak_per_mm": n.peak_frequency, "nps_mean_per_mm": n.mean_frequency,
+                      "nps_peak_rel_error": n.peak_frequency / full.peak_frequency - 1,
+                      "noise_sd_hu": n.noise_std, "water_bias_hu": float(data[water].mean() - truth.data[water].mean())}
+        rows.append(row)
+        print(f"water phantom dose {dose:.2f}  full-dose NPS peak {full.peak_frequency:.3f}/mm  " + " | ".join(
+            f"{k}: peak {v['nps_peak_per_mm']:.3f}/mm ({100 * v['nps_peak_rel_error']:+.0f} %) SD {v['noise_sd_hu']:.1f} HU"
+            for k, v in row.items() if isinstance(v, dict) and "nps_peak_rel_error" in v), flush=True)
     return rows
 
 
@@ -181,7 +255,7 @@ x[body] = 40
 x += rng.normal(0, 30, x.shape).astype(np.float32)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
-out = run_model(x, 30.0, shipped_path("deep-ct"), device=sys.argv[2])
+out = run_model(x, 30.0, shipped_path("deep-ct"), device=sys.argv[2], spacing=(0.7, 0.7, 1.0))
 sec = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"shape": list(x.shape), "seconds": sec, "voxels_per_s": x.size / sec, "peak_rss_bytes": peak,
@@ -216,7 +290,7 @@ def format_row(row: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(SHARED))
-    ap.add_argument("--only", choices=("mr", "ct", "all", "none"), default="all",
+    ap.add_argument("--only", choices=("mr", "ct", "nps", "all", "none"), default="all",
                     help="which quality tables to run (none: with --big, the 512×512×300 timing alone)")
     ap.add_argument("--big", action="store_true", help="also time a 512×512×300 CT (seconds, peak memory)")
     ap.add_argument("--seed", type=int, default=0)
@@ -233,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         result["mr"] = bench_mr(data, ["bm4d", "deep-mr"], args.seed)
     if args.only in ("ct", "all"):
         result["ct"] = bench_ct(data, ["bm4d", "deep-ct"], args.seed)
+    if args.only in ("nps", "all"):
+        result["ct_phantom_nps"] = bench_nps_phantom(["bm4d", "deep-ct"], args.seed)
     if args.big:
         result["big_ct_cpu"] = bench_big("cpu")
         print("512×512×300 CT on CPU:", result["big_ct_cpu"], flush=True)
@@ -253,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def summarise(result: dict) -> None:
     """Speed ratio over all cases and the quality margins the targets name."""
-    deep_s = bm_s = vox = 0.0
+    deep_s = bm_s = vox = loading = 0.0
     for row in result.get("mr", []) + result.get("ct", []):
         dk = "deep-mr" if "deep-mr" in row else "deep-ct"
         deep_s += row[dk]["seconds"]
@@ -261,10 +337,16 @@ def summarise(result: dict) -> None:
         vox += row["voxels"]
         row["margin_psnr_db"] = row[dk]["psnr"] - row["bm4d"]["psnr"]
         row["margin_ssim"] = row[dk]["ssim"] - row["bm4d"]["ssim"]
+        loading += row[dk].get("first_call_seconds", row[dk]["seconds"]) - row[dk]["seconds"]
     if deep_s:
+        cold = deep_s + loading
         result["speed"] = {"deep_voxels_per_s": vox / deep_s, "bm4d_voxels_per_s": vox / bm_s,
-                           "ratio": bm_s / deep_s}
-        print(f"speed: deep {vox / deep_s:,.0f} voxels/s, bm4d {vox / bm_s:,.0f} voxels/s, ratio {bm_s / deep_s:.1f}×")
+                           "ratio": bm_s / deep_s, "ratio_with_model_loading": bm_s / cold,
+                           "timing": "deep: median of 3 calls per case after each model's first call; that first "
+                                     "call's extra time (weights, kernels) is added once per model for "
+                                     "ratio_with_model_loading; bm4d: one call per case"}
+        print(f"speed: deep {vox / deep_s:,.0f} voxels/s, bm4d {vox / bm_s:,.0f} voxels/s, ratio {bm_s / deep_s:.1f}× "
+              f"({bm_s / cold:.1f}× counting each model's loading once)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from medden.errors import ParameterError
-from medden.inference import autocast_dtype, choose_window, resolve_device, sliding_window
+from medden.inference import (CPU_MAX_WINDOW_VOXELS, autocast_dtype, choose_window, resolve_device, sliding_window,
+                              windows_along)
 
 
 class Affine(torch.nn.Module):
@@ -21,7 +22,21 @@ class Affine(torch.nn.Module):
 
 def test_choose_window_fits_shape_and_multiple():
     roi, batch = choose_window((40, 300, 7), "cpu", 16)
-    assert all(r % 16 == 0 for r in roi) and roi[0] == 48 and roi[2] == 16 and roi[1] <= 128 and batch >= 1
+    assert all(r % 16 == 0 for r in roi) and roi[0] == 48 and roi[2] == 16 and batch >= 1
+    assert roi[0] * roi[1] * roi[2] <= CPU_MAX_WINDOW_VOXELS
+
+
+def test_choose_window_processes_fewer_voxels_than_cubes_and_keeps_windows_thick():
+    """For a 512×512×300 CT the chosen windows cover the volume with less overlap than 128³ cubes, none thin."""
+    shape = (512, 512, 300)
+    roi, _ = choose_window(shape, "cpu", 16)
+
+    def processed(r):
+        return np.prod([windows_along(n, w, 0.125) * w for n, w in zip(shape, r)])
+
+    assert min(roi) >= 64 and np.prod(roi) <= CPU_MAX_WINDOW_VOXELS
+    assert processed(roi) < 0.8 * processed((128, 128, 128))
+    assert windows_along(300, 128, 0.125) == 3 and windows_along(100, 128, 0.125) == 1
 
 
 @pytest.mark.parametrize("slab", [None, 8])

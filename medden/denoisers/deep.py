@@ -24,6 +24,8 @@ _PARAMS = (
     Param("weights", "", "", "a weights file (.safetensors with its .json card); empty = the shipped model"),
     Param("overlap", 0.125, "", "fraction of a sliding window shared with its neighbour (Gaussian-blended)"),
     Param("precision", "auto", "", "autocast precision", choices=("auto", "fp32", "bf16", "fp16")),
+    Param("fidelity_mm", None, "mm", "local-mean fidelity scale (medden.denoisers.fidelity): the input's local means "
+          "at scales above it are kept; 0 = off; none = the value tuned on validation data and recorded on the card"),
 )
 
 
@@ -57,10 +59,20 @@ def normalisation_scale(data: np.ndarray, card) -> tuple[float, float]:
     return 0.0, scale if scale > 0 else 1.0
 
 
+def card_fidelity(card) -> dict:
+    """The local-mean fidelity a model card records (``noise.fidelity``: ``scale_mm``, ``domain``), or off."""
+    tuned = card.noise.get("fidelity", {}) if isinstance(card.noise, dict) else {}
+    return {"scale_mm": float(tuned.get("scale_mm", 0.0)), "domain": tuned.get("domain", "linear"),
+            "coils": int(card.noise.get("coils", 1))}
+
+
 def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cpu", overlap: float = 0.125,
-              precision: str = "auto") -> np.ndarray:
+              precision: str = "auto", spacing=(1.0, 1.0, 1.0), fidelity_mm: float | None = None) -> np.ndarray:
     """Denoise ``data`` (3D, physical units) with the model in ``weights``, at noise level ``sigma`` (data units, or
-    a noise map of the data's shape)."""
+    a noise map of the data's shape), then apply the card's local-mean fidelity (:mod:`medden.denoisers.fidelity`)
+    at ``fidelity_mm`` mm (None: the card's tuned scale; 0: off)."""
+    from medden.denoisers.fidelity import local_mean_fidelity
+
     from medden.errors import ParameterError
     from medden.inference import sliding_window
     from medden.models import ModelError
@@ -77,16 +89,25 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
     x = (np.asarray(data, dtype=np.float32) - offset) / scale
     s = np.asarray(sigma, dtype=np.float32) / scale if np.ndim(sigma) else float(sigma) / scale
     out = sliding_window(net, x, s, device=device, overlap=overlap, precision=precision)
-    return out * scale + offset
+    del x
+    out *= scale
+    out += offset
+    fid = card_fidelity(card)
+    if fidelity_mm is not None:
+        fid["scale_mm"] = float(fidelity_mm)
+    if fid["scale_mm"] > 0:
+        out = local_mean_fidelity(out, data, sigma, scale_mm=fid["scale_mm"], spacing=spacing, domain=fid["domain"],
+                                  coils=fid["coils"])
+    return out
 
 
 def _deep(name: str):
     def fn(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", weights="", overlap=0.125,
-           precision="auto") -> np.ndarray:
+           precision="auto", fidelity_mm=None) -> np.ndarray:
         from medden.models import shipped_path
 
         return run_model(data, sigma, weights or shipped_path(name), device=device, overlap=overlap,
-                         precision=precision)
+                         precision=precision, spacing=spacing, fidelity_mm=fidelity_mm)
 
     fn.__name__ = name.replace("-", "_")
     fn.__doc__ = f"The shipped {name} model (see ``medden/models/weights/``) over the whole volume."

@@ -9,7 +9,7 @@ from medden.denoisers import denoise, list_methods
 from medden.metrics import evaluate
 from medden.noise import simulate
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["Volume", "MeddenError", "load_volume", "save_volume", "denoise", "list_methods", "evaluate", "simulate",
            "__version__"]

@@ -96,6 +96,11 @@ def test_deep_denoiser_applies_the_cards_fidelity_and_the_parameter_overrides_it
     np.testing.assert_allclose(off.data, raw, rtol=1e-5, atol=1e-4)
     on = medden.denoise(vol, method="deep-mr", sigma=10.0, weights=str(path), fidelity_mm="none", precision="fp32")
     np.testing.assert_allclose(on.data, tuned, rtol=1e-5, atol=1e-3)
+    for bad in ("-1", "nan"):
+        with pytest.raises(ParameterError, match="fidelity_mm"):
+            medden.denoise(vol, method="deep-mr", sigma=10.0, weights=str(path), fidelity_mm=bad)
+    with pytest.raises(ParameterError, match="fidelity_mm.*a number or none"):
+        medden.denoise(vol, method="deep-mr", sigma=10.0, weights=str(path), fidelity_mm="abc")
 
 
 def test_shipped_cards_record_a_validation_tuned_fidelity():

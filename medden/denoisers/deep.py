@@ -94,6 +94,8 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
     out += offset
     fid = card_fidelity(card)
     if fidelity_mm is not None:
+        if not np.isfinite(fidelity_mm) or fidelity_mm < 0:
+            raise ParameterError(f"fidelity_mm must be a number of mm ≥ 0 (0: off), got {fidelity_mm}")
         fid["scale_mm"] = float(fidelity_mm)
     if fid["scale_mm"] > 0:
         out = local_mean_fidelity(out, data, sigma, scale_mm=fid["scale_mm"], spacing=spacing, domain=fid["domain"],

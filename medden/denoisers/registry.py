@@ -41,8 +41,8 @@ class Param:
             elif self.default is not None and not isinstance(value, kind):
                 value = kind(value)
         except (TypeError, ValueError):
-            what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a text"}.get(
-                kind.__name__, kind.__name__)
+            what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a text",
+                    "NoneType": "a number or none"}.get(kind.__name__, kind.__name__)
             raise ParameterError(f"parameter {self.name!r} needs {what}, got {value!r}") from None
         if self.choices is not None and value not in self.choices:
             raise ParameterError(f"parameter {self.name!r} must be one of {list(self.choices)}, got {value!r}")

@@ -152,3 +152,23 @@ def test_lowpass_loss_weighs_local_mean_errors():
 def test_parallel_loader_workers_train(tmp_path, scans):
     rec = train(validate_config(_cfg(tmp_path, scans, workers=2, lowpass_weight=0.1, export=None)), log=lambda s: None)
     assert rec["steps"] == 4 and np.isfinite(rec["history"][-1]["train_loss"])
+
+
+def test_a_non_finite_gradient_skips_the_update_instead_of_poisoning_the_weights(tmp_path, scans, monkeypatch):
+    """One NaN loss (e.g. an overflow in a reduced-precision kernel) must not turn the weights into NaN."""
+    import medden.training.loop as loop
+
+    real, calls = loop.training_loss, []
+
+    def first_nan(est, *args, **kw):
+        calls.append(1)
+        loss = real(est, *args, **kw)
+        return loss * float("nan") if len(calls) == 1 else loss
+
+    monkeypatch.setattr(loop, "training_loss", first_nan)
+    logs: list[str] = []
+    rec = train(validate_config(_cfg(tmp_path, scans)), log=logs.append)
+    assert rec["skipped_steps"] == 1 and any("update skipped" in line for line in logs)
+    assert np.isfinite(rec["history"][-1]["val_psnr"])
+    net, _ = load_model(rec["export"])
+    assert all(bool(p.isfinite().all()) for p in net.parameters())

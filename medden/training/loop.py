@@ -206,7 +206,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         tmp.replace(last)
 
     batches = _batches(sampler, cfg, cfg.seed + 1000 * rank + step, device)
-    start, run_losses = time.perf_counter() - elapsed, []
+    start, run_losses, skipped = time.perf_counter() - elapsed, [], 0
     while not _agree(step >= total_steps or elapsed >= budget, world):
         frac = max(step / total_steps, elapsed / budget if math.isfinite(budget) else 0.0)
         for g in opt.param_groups:
@@ -221,21 +221,29 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        scaler.step(opt)
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        if _agree(not bool(torch.isfinite(norm)), world):
+            # a non-finite gradient (an overflow of a reduced-precision kernel) would turn every weight into NaN:
+            # this step is skipped, counted and logged instead; the scaler still learns of it
+            skipped += 1
+            log(f"step {step}: non-finite gradient, update skipped ({skipped} so far)")
+        else:
+            scaler.step(opt)
+            run_losses.append(float(loss.detach()))
         scaler.update()
-        run_losses.append(float(loss.detach()))
         step += 1
         elapsed = time.perf_counter() - start
         if rank == 0 and (step % cfg.steps_per_epoch == 0 or step >= total_steps or elapsed >= budget):
             rec = {"step": step, "epoch": step / cfg.steps_per_epoch, "minutes": round(elapsed / 60, 2),
-                   "lr": opt.param_groups[0]["lr"], "train_loss": float(np.mean(run_losses)),
+                   "lr": opt.param_groups[0]["lr"],
+                   "train_loss": float(np.mean(run_losses)) if run_losses else float("nan"),
                    **validate(net, val, cfg, device)}
             run_losses = []
             keep_record(rec, history, save, ckpt_dir)
             log(f"epoch {rec['epoch']:.0f} step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} "
                 f"val PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
-    record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "world_size": world}
+    record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "world_size": world,
+              "skipped_steps": skipped}
     if world > 1:
         import torch.distributed as dist
 

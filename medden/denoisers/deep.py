@@ -72,7 +72,6 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
     a noise map of the data's shape), then apply the card's local-mean fidelity (:mod:`medden.denoisers.fidelity`)
     at ``fidelity_mm`` mm (None: the card's tuned scale; 0: off)."""
     from medden.denoisers.fidelity import local_mean_fidelity
-
     from medden.errors import ParameterError
     from medden.inference import sliding_window
     from medden.models import ModelError
@@ -82,6 +81,8 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
         raise ModelError(f"weights file {path} not found")
     if not 0 <= overlap < 1:
         raise ParameterError(f"overlap must be in [0, 1), got {overlap}")
+    if fidelity_mm is not None and not (np.isfinite(fidelity_mm) and fidelity_mm >= 0):
+        raise ParameterError(f"fidelity_mm must be a number of mm ≥ 0 (0: off), got {float(fidelity_mm)}")
     net, card = _cached_model(str(path.resolve()), path.stat().st_mtime, device)
     if np.ndim(sigma) == 0 and float(sigma) <= 0:
         return np.asarray(data, dtype=np.float32).copy()
@@ -94,8 +95,6 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
     out += offset
     fid = card_fidelity(card)
     if fidelity_mm is not None:
-        if not np.isfinite(fidelity_mm) or fidelity_mm < 0:
-            raise ParameterError(f"fidelity_mm must be a number of mm ≥ 0 (0: off), got {fidelity_mm}")
         fid["scale_mm"] = float(fidelity_mm)
     if fid["scale_mm"] > 0:
         out = local_mean_fidelity(out, data, sigma, scale_mm=fid["scale_mm"], spacing=spacing, domain=fid["domain"],

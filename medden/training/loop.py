@@ -222,9 +222,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        if _agree(not bool(torch.isfinite(norm)), world):
+        if not bool(torch.isfinite(norm)):
             # a non-finite gradient (an overflow of a reduced-precision kernel) would turn every weight into NaN:
-            # this step is skipped, counted and logged instead; the scaler still learns of it
+            # this step is skipped, counted and logged instead; the scaler still learns of it. DDP has all-reduced
+            # the gradients, so every rank sees the same norm and skips the same step without a further collective
             skipped += 1
             log(f"step {step}: non-finite gradient, update skipped ({skipped} so far)")
         else:

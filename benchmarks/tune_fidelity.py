@@ -32,22 +32,23 @@ MR_VALIDATION = ("ixi002_guys_t2_1x1x6mm.nii.gz", "ixi002_guys_pd_6x1x1mm.nii.gz
 MR_LEVELS = (1, 3, 5, 7, 9)
 CT_VALIDATION = ("totalseg_chest_cta_1p5mm.nii.gz", slice(128, 164))
 CT_DOSES = (0.25, 0.10)
+#: the fidelity domain each shipped model's noise calls for (MR magnitude: Rician power; CT: linear)
+DOMAIN = {"MR": "power", "CT": "linear"}
 
 
 def scan_scales(vol, noisy: np.ndarray, sigma, score) -> dict[float, dict]:
     """Denoise once without fidelity, then score the output under every candidate scale."""
     import medden
-    from medden.denoisers.fidelity import local_mean_fidelity
     from medden.denoisers.deep import card_fidelity
+    from medden.denoisers.fidelity import local_mean_fidelity
     from medden.models import read_card, shipped_path
 
     name = "deep-mr" if vol.modality == "MR" else "deep-ct"
-    fid = card_fidelity(read_card(shipped_path(name)))
-    fid["domain"] = "power" if vol.modality == "MR" else "linear"
+    coils = card_fidelity(read_card(shipped_path(name)))["coils"]
     raw = medden.denoise(vol, method=name, sigma=sigma, fidelity_mm=0).data
     sig = medden.denoisers.estimate_sigma(vol) if isinstance(sigma, str) else sigma
-    return {s: score(local_mean_fidelity(raw, noisy, sig, scale_mm=s, spacing=vol.spacing, domain=fid["domain"],
-                                         coils=fid["coils"])) for s in SCALES_MM}
+    return {s: score(local_mean_fidelity(raw, noisy, sig, scale_mm=s, spacing=vol.spacing,
+                                         domain=DOMAIN[vol.modality], coils=coils)) for s in SCALES_MM}
 
 
 def tune_mr(data: Path, seed: int) -> list[dict]:
@@ -136,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                               indent=1, default=float) + "\n")
     print(f"wrote {out}")
     if args.write:
-        write_card("deep-mr", mr_best, "power", "IXI002 T2/PD/T1 (validation), Rician 1-9 %, mean PSNR")
-        write_card("deep-ct", ct_best, "linear", "totalseg chest CTA slices 128-163 (validation), 25 % and 10 % "
+        write_card("deep-mr", mr_best, DOMAIN["MR"], "IXI002 T2/PD/T1 (validation), Rician 1-9 %, mean PSNR")
+        write_card("deep-ct", ct_best, DOMAIN["CT"], "totalseg chest CTA slices 128-163 (validation), 25 % and 10 % "
                    "dose, mean PSNR")
     return 0
 

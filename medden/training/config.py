@@ -9,13 +9,28 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from medden.errors import MeddenError
 
 
 class ConfigError(MeddenError, ValueError):
     """A training configuration is malformed: unknown or missing field, wrong type, missing data file."""
+
+
+def data_root(given: str | Path | None = None) -> Optional[Path]:
+    """The folder relative data paths are read from: ``given`` (``--data-root``), else ``$MEDDEN_DATA``, else None
+    (the current folder)."""
+    import os
+
+    root = given or os.environ.get("MEDDEN_DATA")
+    return Path(root).expanduser() if root else None
+
+
+def resolve_data_path(path: str, root: str | Path | None) -> Path:
+    """``path`` as given when absolute, else under ``root`` (when given)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or root is None else Path(root) / p
 
 
 class _Strict(BaseModel):
@@ -32,13 +47,23 @@ class DataSpec(_Strict):
     downsample: int = Field(1, ge=1, le=4)
     #: keep only these slices along the last axis (start, stop), e.g. to split one volume into train and validation
     slices: Optional[tuple[int, int]] = None
+    #: ``clean``: a noise-free reference, the supervised target; ``noisy``: a real scan with its own noise, trained on
+    #: at native resolution by Recorrupted-to-Recorrupted with its estimated noise level (supervised MR configs)
+    target: Literal["clean", "noisy"] = "clean"
+    #: relative sampling weight
+    weight: float = Field(1.0, gt=0)
 
     @field_validator("path", "pair")
     @classmethod
-    def _exists(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not Path(v).exists():
-            raise ValueError(f"data file {v} does not exist")
-        return v
+    def _exists(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if v is None:
+            return v
+        root = (info.context or {}).get("data_root")
+        path = resolve_data_path(v, root)
+        if not path.exists():
+            raise ValueError(f"data file {v} does not exist" + (f" under the data root {root}" if path != Path(v) else
+                                                                 " (relative paths: give --data-root or MEDDEN_DATA)"))
+        return str(path)
 
 
 class NoiseSpec(_Strict):
@@ -54,6 +79,8 @@ class NoiseSpec(_Strict):
     level_jitter: float = Field(0.1, ge=0, lt=1)
     #: noise realisations simulated per CT volume (then rescaled to each drawn dose)
     ct_realisations: int = Field(2, ge=1, le=16)
+    #: Recorrupted-to-Recorrupted: bounds of the factor α (the input gets α·σ more noise, the target σ/α less)
+    r2r_alpha: tuple[float, float] = (0.5, 100.0)
 
     @model_validator(mode="after")
     def _ranges(self) -> "NoiseSpec":
@@ -64,6 +91,17 @@ class NoiseSpec(_Strict):
         if not 0 < lo <= hi < 1:
             raise ValueError(f"dose_range must satisfy 0 < low <= high < 1, got {self.dose_range}")
         return self
+
+
+class ResampleSpec(_Strict):
+    """Random voxel sizes for clean volumes: with ``probability`` a patch is resampled from its native grid to an
+    isotropic voxel drawn log-uniformly in ``voxel_mm`` (mm), and with ``thick_probability`` one axis to a slice
+    spacing drawn in ``slice_mm`` (area averaging when coarser: a thick slice's profile)."""
+
+    probability: float = Field(0.5, ge=0, le=1)
+    voxel_mm: tuple[float, float] = (0.5, 2.0)
+    thick_probability: float = Field(0.3, ge=0, le=1)
+    slice_mm: tuple[float, float] = (2.0, 6.0)
 
 
 class TrainConfig(_Strict):
@@ -79,6 +117,7 @@ class TrainConfig(_Strict):
     network: dict[str, Any] = {}
     noise: NoiseSpec = NoiseSpec()
     intensity_scale: tuple[float, float] = (0.6, 1.4)
+    resample: Optional[ResampleSpec] = None
     patch_size: tuple[int, int, int] = (48, 48, 48)
     batch_size: int = Field(4, ge=1, le=256)
     learning_rate: float = Field(1e-3, gt=0, lt=1)
@@ -98,7 +137,9 @@ class TrainConfig(_Strict):
     #: GPU, where one CPU process cannot feed it
     workers: int = Field(0, ge=0, le=64)
     seed: int = 0
-    checkpoint_dir: str
+    #: where runs keep their checkpoints: each run in its own sub-folder named by the hash of its config and data
+    #: (see :func:`medden.training.loop.run_dir`); default ``$XDG_CACHE_HOME/medden/training`` (``~/.cache/...``)
+    checkpoint_dir: Optional[str] = None
     export: Optional[str] = None
     docs_dir: Optional[str] = None
     init_weights: Optional[str] = None
@@ -143,16 +184,19 @@ def _format(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
-    """A :class:`TrainConfig` from a dict, or :class:`ConfigError` naming every bad field."""
+def validate_config(raw: dict[str, Any], source: str = "config", data_root_dir: str | Path | None = None
+                    ) -> TrainConfig:
+    """A :class:`TrainConfig` from a dict, or :class:`ConfigError` naming every bad field. Relative data paths are
+    resolved against :func:`data_root` (``data_root_dir``, else ``$MEDDEN_DATA``)."""
     try:
-        return TrainConfig.model_validate(raw)
+        return TrainConfig.model_validate(raw, context={"data_root": data_root(data_root_dir)})
     except ValidationError as exc:
         raise ConfigError(f"invalid training config {source}: {_format(exc)}") from None
 
 
-def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
-    """Read and validate a JSON/YAML training config; ``overrides`` replace top-level fields."""
+def load_config(path: str | Path, data_root_dir: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Read and validate a JSON/YAML training config; ``overrides`` replace top-level fields; relative data paths
+    are read under ``data_root_dir`` (``--data-root``) or ``$MEDDEN_DATA``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"training config {path} not found")
@@ -171,4 +215,4 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"training config {path} must hold a mapping of fields")
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    return validate_config(raw, str(path))
+    return validate_config(raw, str(path), data_root_dir)

@@ -11,16 +11,21 @@ from typing import Callable
 import numpy as np
 import torch
 
-from medden.training.config import TrainConfig
+from medden.training.config import ConfigError, TrainConfig
 from medden.training.data import CT_SCALE, PatchSampler, TrainVolume, load_volumes, synthetic_volume
 from medden.training.losses import training_loss
 
 
-def _validation_set(volumes: list[TrainVolume], cfg: TrainConfig) -> list[tuple]:
-    """Fixed noisy/clean patches (seeded) at fixed levels: MR σ = 1, 3, 5, 7, 9 % of p99.9; CT dose 25 % and 10 %."""
+def _validation_set(volumes: list[TrainVolume], cfg: TrainConfig, device: str = "cpu") -> list[tuple]:
+    """Fixed noisy/clean patches (seeded) at fixed levels: MR σ = 1, 3, 5, 7, 9 % of p99.9; CT dose 25 % and 10 %.
+    Every validation volume is a reference here (noise is added to it), at its native voxel size."""
+    import dataclasses
+
+    volumes = [dataclasses.replace(v, role="clean") for v in volumes]
     sampler = PatchSampler(volumes, cfg.model_copy(update={"augment": False, "intensity_scale": (1.0, 1.0),
+                                                           "resample": None,
                                                            "noise": cfg.noise.model_copy(update={"level_jitter": 0})}),
-                           seed=12345)
+                           seed=12345, device=device)
     out = []
     for i in range(cfg.val_patches):
         if cfg.mode == "supervised":
@@ -45,8 +50,7 @@ class _PatchStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         if info is not None:
             torch.set_num_threads(1)
-            self.sampler.rng = np.random.default_rng([self.seed, info.id])
-            self.sampler.gen = torch.Generator().manual_seed(self.seed * 1009 + info.id)
+            self.sampler.reseed(self.seed * 1009 + info.id)
         while True:
             yield self.sampler.sample()
 
@@ -54,8 +58,8 @@ class _PatchStream(torch.utils.data.IterableDataset):
 def _batches(sampler: PatchSampler, cfg: TrainConfig, seed: int, device: str):
     """Training batches: drawn in this process, or by ``cfg.workers`` loader processes (seeded, so resumable runs
     differ from their first segment but stay reproducible)."""
-    if cfg.workers == 0:
-        sampler.rng = np.random.default_rng(seed)
+    if cfg.workers == 0 or sampler.device != "cpu":
+        sampler.reseed(seed)
         while True:
             yield sampler.sample()
     loader = torch.utils.data.DataLoader(_PatchStream(sampler, seed), batch_size=None, num_workers=cfg.workers,
@@ -125,6 +129,54 @@ def _agree(stop: bool, world: int) -> bool:
     return bool(flag.item())
 
 
+#: config fields that steer a run without changing what it trains: a run resumed with other values is the same run
+RUN_CONTROL = ("epochs", "wall_minutes", "val_patches", "device", "threads", "workers", "amp", "checkpoint_dir",
+               "export", "docs_dir", "command")
+
+
+def default_checkpoint_root() -> Path:
+    """``$XDG_CACHE_HOME/medden/training``, by default ``~/.cache/medden/training``."""
+    import os
+
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "medden" / "training"
+
+
+def _file_digest(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_key(cfg: TrainConfig) -> str:
+    """A 12-hex-digit key of what a run trains: the config (less :data:`RUN_CONTROL`) with every data file and the
+    initial weights by content (sha256) instead of by path, so the same data under another root is the same run
+    and other data under the same names is another."""
+    import hashlib
+
+    raw = cfg.model_dump(mode="json", exclude=set(RUN_CONTROL))
+
+    def content(spec: dict) -> dict:
+        return {**spec, "path": _file_digest(spec["path"]),
+                "pair": _file_digest(spec["pair"]) if spec.get("pair") else None}
+
+    raw["data"] = [content(d) for d in raw["data"]]
+    raw["validation"] = [content(d) for d in raw["validation"]]
+    if raw.get("init_weights"):
+        raw["init_weights"] = _file_digest(raw["init_weights"])
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_dir(cfg: TrainConfig, key: str | None = None) -> Path:
+    """The run's own folder, ``<checkpoint_dir>/<name>-<key>``: only the same run resumes from it."""
+    root = Path(cfg.checkpoint_dir).expanduser() if cfg.checkpoint_dir else default_checkpoint_root()
+    return root / f"{cfg.name}-{key or run_key(cfg)}"
+
+
 def _parameter_digest(net) -> str:
     import hashlib
 
@@ -132,6 +184,27 @@ def _parameter_digest(net) -> str:
     for tensor in net.state_dict().values():
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def _initial_network(cfg: TrainConfig, log: Callable[[str], None]):
+    """A fresh network, or ``cfg.init_weights``: as they are when ``cfg.network`` is empty or the same, widened
+    (function-preserving, :func:`~medden.models.networks.widen_unet`) when ``cfg.network`` asks for a wider U-Net."""
+    from medden.models import build_network, load_model
+    from medden.models.networks import widen_unet
+
+    if not cfg.init_weights:
+        return build_network(cfg.architecture, **cfg.network)
+    net, _ = load_model(cfg.init_weights, device="cpu", expect_architecture=cfg.architecture)
+    want = {**net.config, **cfg.network}
+    if want != net.config:
+        if cfg.architecture != "conditioned-unet3d" or want.get("bias") != net.config.get("bias"):
+            raise ConfigError(f"init_weights {cfg.init_weights} hold {net.config}, the config asks for {want}")
+        wide = build_network(cfg.architecture, **want)
+        net = widen_unet(wide, net.state_dict(), net.config["features"])
+        log(f"initialised from {cfg.init_weights}, widened to features {want['features']}")
+    else:
+        log(f"initialised from {cfg.init_weights}")
+    return net
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -151,7 +224,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    ckpt_dir = Path(cfg.checkpoint_dir)
+    key = run_key(cfg)
+    ckpt_dir = run_dir(cfg, key)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (ckpt_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
@@ -161,14 +235,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     for i in range(cfg.synthetic_volumes):
         volumes.append(TrainVolume(f"synthetic-{i}", synthetic_volume(rng)))
     val_volumes = load_volumes(cfg.validation, cfg, ckpt_dir / "cache", log) if cfg.validation else volumes
-    val = _validation_set(val_volumes, cfg)
-    sampler = PatchSampler(volumes, cfg, seed=cfg.seed + 1000 * rank)  # each rank draws its own patches
+    val = _validation_set(val_volumes, cfg, device)
+    # each rank draws its own patches; on a GPU the volumes stay resident there and patches and noise are made there
+    sampler = PatchSampler(volumes, cfg, seed=cfg.seed + 1000 * rank,
+                           device=device if device.startswith("cuda") or cfg.workers == 0 else "cpu")
 
-    if cfg.init_weights:
-        net, _ = load_model(cfg.init_weights, device="cpu", expect_architecture=cfg.architecture)
-        log(f"initialised from {cfg.init_weights}")
-    else:
-        net = build_network(cfg.architecture, **cfg.network)
+    net = _initial_network(cfg, log)
     net = net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     amp_dtype = autocast_dtype(device, "auto") if cfg.amp else None
@@ -181,9 +253,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             step, elapsed, history = state["step"], state["elapsed"], state["history"]
-            log(f"resumed from {last} at step {step} ({elapsed / 60:.1f} min trained)")
+            log(f"resumed run {key} (same config and data) from {last} at step {step} "
+                f"({elapsed / 60:.1f} min trained)")
         else:
             log(f"ignoring {last}: it holds another architecture")
+    else:
+        log(f"new run {key}: checkpoints in {ckpt_dir} (another config or other data is another run)")
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -244,7 +319,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             log(f"epoch {rec['epoch']:.0f} step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} "
                 f"val PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
     record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "world_size": world,
-              "skipped_steps": skipped}
+              "skipped_steps": skipped, "run_key": key, "run_dir": str(ckpt_dir)}
     if world > 1:
         import torch.distributed as dist
 

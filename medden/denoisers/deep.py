@@ -46,19 +46,6 @@ def _cached_model(path: str, mtime: float, device: str):
     return load_model(path, device=device)
 
 
-def normalisation_scale(data: np.ndarray, card) -> tuple[float, float]:
-    """``(offset, scale)`` mapping ``data`` to the network's units, ``(data − offset) / scale``."""
-    norm = card.normalisation
-    if norm.kind == "fixed":
-        return float(norm.offset), float(norm.scale)
-    flat = data.reshape(-1)
-    if flat.size > 4_000_000:  # a strided subsample gives the same percentile well within 1 %
-        flat = flat[:: flat.size // 2_000_000]
-    nonzero = flat[flat != 0]
-    scale = float(np.percentile(np.abs(nonzero), norm.percentile)) if nonzero.size else 1.0
-    return 0.0, scale if scale > 0 else 1.0
-
-
 def card_fidelity(card) -> dict:
     """The local-mean fidelity a model card records (``noise.fidelity``: ``scale_mm``, ``domain``), or off."""
     tuned = card.noise.get("fidelity", {}) if isinstance(card.noise, dict) else {}
@@ -86,13 +73,12 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
     net, card = _cached_model(str(path.resolve()), path.stat().st_mtime, device)
     if np.ndim(sigma) == 0 and float(sigma) <= 0:
         return np.asarray(data, dtype=np.float32).copy()
-    offset, scale = normalisation_scale(data, card)
-    x = (np.asarray(data, dtype=np.float32) - offset) / scale
-    s = np.asarray(sigma, dtype=np.float32) / scale if np.ndim(sigma) else float(sigma) / scale
+    norm = card.normalisation.fitted(data)
+    x = norm.apply(np.asarray(data, dtype=np.float32))
+    s = norm.apply_sigma(np.asarray(sigma, dtype=np.float32) if np.ndim(sigma) else float(sigma))
     out = sliding_window(net, x, s, device=device, overlap=overlap, precision=precision)
     del x
-    out *= scale
-    out += offset
+    out = norm.invert(out)
     fid = card_fidelity(card)
     if fidelity_mm is not None:
         fid["scale_mm"] = float(fidelity_mm)

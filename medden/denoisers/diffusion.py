@@ -61,6 +61,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from medden.conventions import slice_axis  # noqa: F401  (re-exported: medden.denoisers.diffusion.slice_axis)
 from medden.denoisers.registry import Param, register
 from medden.errors import ParameterError
 
@@ -87,30 +88,15 @@ def _cached_prior(path: str, mtime: float, device: str):
 
 
 def _normalisation(data: np.ndarray, card, override=None) -> tuple[float, float]:
-    """``(offset, scale)`` so that ``z = 2·(x − offset)/scale − 1`` puts the data in the prior's ``[-1, 1]`` units.
+    """``(offset, scale)`` so that ``z = 2·(x − offset)/scale − 1`` puts the data in the prior's ``[-1, 1]`` units:
+    the card's :class:`~medden.models.Normalisation` (or ``override``; without either, the 99.9th percentile) fitted
+    to the data. Data with negative values (CT in HU) under a percentile card are shifted so the minimum (air,
+    bounded at −1024 HU) maps to −1."""
+    from medden.models.card import MR_NORMALISATION
 
-    Percentile normalisation (MR): offset 0, scale the 99.9th percentile of the non-zero voxels (a zero background
-    maps to −1). Data with negative values (CT in HU) under a percentile card are shifted so the minimum (air,
-    bounded at −1024 HU) maps to −1. A ``fixed`` card gives offset and scale directly."""
-    norm = override if override is not None else getattr(card, "normalisation", None)
-    if norm is not None and norm.kind == "fixed":
-        return float(norm.offset), float(norm.scale)
-    q = norm.percentile if norm is not None else 99.9
-    flat = data.reshape(-1)
-    if flat.size > 4_000_000:
-        flat = flat[:: flat.size // 2_000_000]
-    lowest = float(flat.min())
-    offset = 0.0 if lowest >= 0 else max(lowest, -1024.0)
-    shifted = np.abs(flat - offset)
-    nonzero = shifted[shifted != 0]
-    scale = float(np.percentile(nonzero, q)) if nonzero.size else 1.0
-    return offset, scale if scale > 0 else 1.0
-
-
-def slice_axis(spacing) -> int:
-    """The axis sampled slice by slice: the coarsest-spacing one when it is > 1.2× the finest, else the last."""
-    sp = np.asarray(spacing if spacing is not None else (1.0, 1.0, 1.0), dtype=float)
-    return int(np.argmax(sp)) if sp.max() > 1.2 * sp.min() else 2
+    norm = override if override is not None else getattr(card, "normalisation", None) or MR_NORMALISATION
+    fitted = norm.fitted(data, shift_negative=True)
+    return float(fitted.offset), float(fitted.scale)
 
 
 def _timesteps(t_star: int, steps: int) -> list[int]:

@@ -33,7 +33,8 @@ def _cfg(tmp_path, scans, **over):
     raw = {"name": "tiny", "modality": "MR", "data": [{"path": scans[0]}], "synthetic_volumes": 1,
            "network": {"features": [4, 4, 8, 8, 16, 4]}, "patch_size": [16, 16, 16], "batch_size": 2,
            "epochs": 2, "steps_per_epoch": 2, "val_patches": 2, "threads": 1,
-           "checkpoint_dir": str(tmp_path / "ckpt"), "export": str(tmp_path / "out" / "m.safetensors")}
+           "checkpoint_dir": str(tmp_path / "ckpt"), "export": str(tmp_path / "out" / "m.safetensors"),
+           "on_worse": "warn"}  # a 4-step model may well be worse than its input: these tests check the mechanics
     raw.update(over)
     return raw
 

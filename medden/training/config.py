@@ -105,8 +105,9 @@ class ResampleSpec(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Everything a training run needs. See ``bundles/*/configs/medden_train.json`` in the repository for the shipped models' configs."""
+    """Everything a denoising network's training run needs. See ``bundles/*/configs/medden_train.json`` in the repository for the shipped models' configs."""
 
+    kind: Literal["denoiser"] = "denoiser"
     name: str = Field(..., min_length=1)
     modality: Literal["MR", "CT"]
     mode: Literal["supervised", "n2n", "n2v"] = "supervised"
@@ -137,6 +138,10 @@ class TrainConfig(_Strict):
     #: GPU, where one CPU process cannot feed it
     workers: int = Field(0, ge=0, le=64)
     seed: int = 0
+    #: a progress line (loss, steps/s, voxels/s) every this many steps
+    progress_every: int = Field(10, ge=1)
+    #: a model worse than its input on validation at the end: ``refuse`` (error, nothing exported) or ``warn``
+    on_worse: Literal["refuse", "warn"] = "refuse"
     #: where runs keep their checkpoints: each run in its own sub-folder named by the hash of its config and data
     #: (see :func:`medden.training.loop.run_dir`); default ``$XDG_CACHE_HOME/medden/training`` (``~/.cache/...``)
     checkpoint_dir: Optional[str] = None
@@ -175,6 +180,46 @@ class TrainConfig(_Strict):
         return self
 
 
+class PriorConfig(_Strict):
+    """A diffusion prior's training run (:mod:`medden.training.diffusion`): stacks of adjacent slices of clean
+    volumes, DDPM ε-prediction, an EMA of the weights validated and exported. See
+    ``medden/training/configs/diffusion_*_prior.json`` for the shipped priors' configs."""
+
+    kind: Literal["diffusion-prior"]
+    name: str = Field(..., min_length=1)
+    modality: Literal["MR", "CT"] = "MR"
+    data: list[DataSpec] = Field(..., min_length=1)
+    #: validation volumes; when empty, the top ``validation_fraction`` of the last data entry's slices (last axis)
+    validation: list[DataSpec] = []
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    #: file-name prefixes that must never be trained on (held-out test volumes)
+    held_out: list[str] = []
+    #: :func:`medden.models.diffusion.build_prior` keywords, e.g. ``{"channels": [16, 32, 64]}``
+    network: dict[str, Any] = {}
+    patch: int = Field(64, ge=16)
+    batch_size: int = Field(16, ge=1, le=1024)
+    learning_rate: float = Field(5e-4, gt=0, lt=1)
+    ema: float = Field(0.995, ge=0, lt=1)
+    max_steps: int = Field(100_000, ge=1)
+    wall_minutes: Optional[float] = Field(28.0, gt=0)
+    log_every: int = Field(100, ge=1)
+    progress_every: int = Field(10, ge=1)
+    threads: Optional[int] = Field(2, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_dir: Optional[str] = None
+    export: Optional[str] = None
+    docs_dir: Optional[str] = None
+    command: str = ""
+
+    @model_validator(mode="after")
+    def _not_held_out(self) -> "PriorConfig":
+        for d in self.data:
+            if Path(d.path).name.startswith(tuple(self.held_out)):
+                raise ValueError(f"{Path(d.path).name} is a held-out test volume and must not be trained on")
+        return self
+
+
 def _format(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors():
@@ -185,16 +230,19 @@ def _format(exc: ValidationError) -> str:
 
 
 def validate_config(raw: dict[str, Any], source: str = "config", data_root_dir: str | Path | None = None
-                    ) -> TrainConfig:
-    """A :class:`TrainConfig` from a dict, or :class:`ConfigError` naming every bad field. Relative data paths are
-    resolved against :func:`data_root` (``data_root_dir``, else ``$MEDDEN_DATA``)."""
+                    ) -> TrainConfig | PriorConfig:
+    """A :class:`TrainConfig` (or, with ``"kind": "diffusion-prior"``, a :class:`PriorConfig`) from a dict, or
+    :class:`ConfigError` naming every bad field. Relative data paths are resolved against :func:`data_root`
+    (``data_root_dir``, else ``$MEDDEN_DATA``)."""
+    model = PriorConfig if isinstance(raw, dict) and raw.get("kind") == "diffusion-prior" else TrainConfig
     try:
-        return TrainConfig.model_validate(raw, context={"data_root": data_root(data_root_dir)})
+        return model.model_validate(raw, context={"data_root": data_root(data_root_dir)})
     except ValidationError as exc:
         raise ConfigError(f"invalid training config {source}: {_format(exc)}") from None
 
 
-def load_config(path: str | Path, data_root_dir: str | Path | None = None, **overrides: Any) -> TrainConfig:
+def load_config(path: str | Path, data_root_dir: str | Path | None = None, **overrides: Any
+                ) -> TrainConfig | PriorConfig:
     """Read and validate a JSON/YAML training config; ``overrides`` replace top-level fields; relative data paths
     are read under ``data_root_dir`` (``--data-root``) or ``$MEDDEN_DATA``."""
     path = Path(path)
@@ -214,5 +262,7 @@ def load_config(path: str | Path, data_root_dir: str | Path | None = None, **ove
         raise ConfigError(f"training config {path} cannot be parsed: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"training config {path} must hold a mapping of fields")
+    if raw.get("kind") == "diffusion-prior":  # the U-Net-only overrides of `medden train` do not apply
+        overrides = {k: v for k, v in overrides.items() if k in PriorConfig.model_fields}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return validate_config(raw, str(path), data_root_dir)

@@ -1,8 +1,9 @@
 """Training data: volumes normalised per modality, synthetic piecewise-smooth volumes, and patch sampling with noise
 made on the fly by the physics models of :mod:`medden.noise`.
 
-Normalisation (the same as inference, see :mod:`medden.denoisers.deep`): MR by the 99.9th percentile of the non-zero
-voxels, CT by ``HU / 1000``.
+Normalisation: the model card's (:data:`~medden.models.card.MR_NORMALISATION`: the 99.9th percentile of the
+non-zero voxels; :data:`~medden.models.card.CT_NORMALISATION`: ``HU / 1000``), fitted and applied here exactly as
+inference does, and recorded on the exported card.
 """
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medden.conventions import CT_HU_PER_UNIT
+from medden.models.card import CT_NORMALISATION, MR_NORMALISATION
 from medden.training.config import DataSpec, TrainConfig
 
-CT_SCALE = 1000.0  # HU per network unit
+CT_SCALE = CT_HU_PER_UNIT  # HU per network unit (one definition: medden.conventions)
 CT_REFERENCE_DOSE = 0.25  # CT noise realisations are simulated at this dose, then rescaled to each drawn dose
 CT_LEVEL_DOSES = (0.03, 0.05, 0.1, 0.25, 0.5, 0.8)  # doses at which the noise estimator's level is tabulated
 
@@ -37,9 +40,9 @@ class TrainVolume:
     weight: float = 1.0  # relative sampling weight
 
 
-def percentile_scale(data: np.ndarray, q: float = 99.9) -> float:
-    nz = data[data != 0]
-    return float(np.percentile(np.abs(nz), q)) if nz.size else 1.0
+def percentile_scale(data: np.ndarray) -> float:
+    """The MR normalisation's scale for ``data`` (the card's, as inference fits it)."""
+    return MR_NORMALISATION.fitted(data).scale
 
 
 def _downsample(x: np.ndarray, factor: int, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -58,13 +61,15 @@ def _pad_to(x: np.ndarray, patch: tuple[int, int, int]) -> np.ndarray:
 
 
 def load_volumes(specs: list[DataSpec], cfg: TrainConfig, cache_dir: Path, log=print) -> list[TrainVolume]:
-    """Load, clean (downsample), normalise and, for CT, simulate the noise realisations (cached in ``cache_dir``)."""
-    import medden
+    """Load, normalise (the card's normalisation, as inference) and, for CT, simulate the noise realisations
+    (cached in ``cache_dir``); a ``noisy`` MR volume's own level comes from medden's noise estimator."""
+    from medden.io import load_volume
     from medden.noise import estimate_noise
+    from medden.volume import Volume
 
     out = []
     for spec in specs:
-        vol = medden.load_volume(spec.path)
+        vol = load_volume(spec.path)
         if cfg.modality == "CT" and vol.modality != "CT":
             vol = _as_ct(vol)
         data = vol.data
@@ -72,32 +77,29 @@ def load_volumes(specs: list[DataSpec], cfg: TrainConfig, cache_dir: Path, log=p
             data = data[:, :, spec.slices[0]:spec.slices[1]]
         pair = None
         if spec.pair:
-            pair = medden.load_volume(spec.pair).data
+            pair = load_volume(spec.pair).data
             if spec.slices:
                 pair = pair[:, :, spec.slices[0]:spec.slices[1]]
         name = Path(spec.path).name
         if cfg.modality == "MR":
             data = _downsample(data, spec.downsample, vol.spacing)
-            scale = percentile_scale(data)
-            clean = (data / scale).astype(np.float32)
+            pair = None if pair is None else _downsample(pair, spec.downsample, vol.spacing)
+            norm = MR_NORMALISATION.fitted(data)
             level = 0.0
             if cfg.mode != "supervised" or spec.target == "noisy":
-                v = medden.Volume(np.ascontiguousarray(data), vol.affine, modality="MR")
-                level = float(estimate_noise(v).sigma) / scale
-            if pair is not None:
-                pair = (_downsample(pair, spec.downsample, vol.spacing) / scale).astype(np.float32)
-            tv = TrainVolume(name, _pad_to(clean, cfg.patch_size), None if pair is None else _pad_to(pair, cfg.patch_size),
-                             level, role=spec.target, spacing=_spacing(vol.spacing, spec.downsample),
-                             weight=spec.weight)
+                level = float(norm.apply_sigma(estimate_noise(Volume(np.ascontiguousarray(data), vol.affine,
+                                                                     modality="MR")).sigma))
         else:
-            sub = medden.Volume(np.ascontiguousarray(data), vol.affine, modality="CT")
-            level = float(estimate_noise(sub).sigma) / CT_SCALE
-            tv = TrainVolume(name, _pad_to((data / CT_SCALE).astype(np.float32), cfg.patch_size),
-                             None if pair is None else _pad_to((pair / CT_SCALE).astype(np.float32), cfg.patch_size),
-                             level)
-            if cfg.mode == "supervised":
-                _ct_realisations(tv, sub, spec, cfg, cache_dir, log)
-                tv.ct_noise = [_pad_to(n, cfg.patch_size) for n in tv.ct_noise]
+            norm = CT_NORMALISATION
+            sub = Volume(np.ascontiguousarray(data), vol.affine, modality="CT")
+            level = float(norm.apply_sigma(estimate_noise(sub).sigma))
+        unit = lambda a: None if a is None else _pad_to(norm.apply(a).astype(np.float32), cfg.patch_size)  # noqa: E731
+        tv = TrainVolume(name, unit(data), unit(pair), level, role=spec.target,
+                         spacing=_spacing(vol.spacing, spec.downsample if cfg.modality == "MR" else 1),
+                         weight=spec.weight)
+        if cfg.modality == "CT" and cfg.mode == "supervised":
+            _ct_realisations(tv, sub, spec, cfg, cache_dir, log)
+            tv.ct_noise = [_pad_to(n, cfg.patch_size) for n in tv.ct_noise]
         out.append(tv)
         log(f"  {name}: {tv.clean.shape} {tv.role}, own noise level {tv.level:.4f}"
             + (f", +{tv.ct_noise_level:.4f} at dose {CT_REFERENCE_DOSE}; estimator levels "
@@ -138,12 +140,12 @@ def _ct_realisations(tv: TrainVolume, vol, spec: DataSpec, cfg: TrainConfig, cac
     # The level the network is told is what medden's CT estimator (used by sigma="auto" at inference) reports for the
     # scan at that dose, tabulated at a few doses and interpolated in log dose: the network learns what the estimator's
     # figure means, biases included, instead of a level inference can never know.
-    import medden
+    from medden.volume import Volume
 
     levels = [(0.0, tv.level)]
     for dose in CT_LEVEL_DOSES:
         k = dose_factor(dose)
-        noisy = medden.Volume(vol.data + k * tv.ct_noise[0] * CT_SCALE, vol.affine, modality="CT")
+        noisy = Volume(vol.data + k * tv.ct_noise[0] * CT_SCALE, vol.affine, modality="CT")
         levels.append((math.log(dose), float(estimate_noise(noisy).sigma) / CT_SCALE))
     tv.ct_levels = sorted(levels)
 

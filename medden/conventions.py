@@ -57,6 +57,13 @@ def slice_axis(spacing) -> int:
     return int(np.argmax(sp)) if sp.max() > 1.2 * sp.min() else 2
 
 
+def axial_axis(direction) -> int:
+    """The voxel axis across axial slices: the one whose direction points most nearly superior–inferior
+    (``direction`` is a volume's 3×3 matrix of unit axis vectors in patient coordinates, e.g.
+    :attr:`medden.volume.Volume.direction`)."""
+    return int(np.argmax(np.abs(np.asarray(direction)[2, :])))
+
+
 def nonzero_percentile(data: np.ndarray, q: float, *, absolute: bool = True) -> float:
     """The ``q``-th percentile (0–100) of the non-zero voxels of ``data`` (of their magnitudes when ``absolute``);
     1.0 when every voxel is zero. Above 4 M voxels a strided subsample of about 2 M gives the same value within 1 %."""

@@ -16,6 +16,11 @@ from medden.conventions import CT_HU_PER_UNIT, sha256_file
 from medden.errors import ModelError  # noqa: F401  (raised here, and re-exported by medden.models)
 
 CARD_FORMAT = 1
+#: The licence of weights whose card records none: medden trains and ships its models under its own licence.
+DEFAULT_WEIGHTS_LICENCE = "Apache-2.0"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+#: Shipped models: registry method name → weights file name in ``WEIGHTS_DIR``.
+SHIPPED = {"deep-mr": "medden_mr_rician_unet.safetensors", "deep-ct": "medden_ct_lowdose_unet.safetensors"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)  # data (with licences), command, steps, wall time, curves
     sha256: str = ""
     format: int = CARD_FORMAT
+    licence: str = ""  # of the weights; empty: medden's own, Apache-2.0 (see DEFAULT_WEIGHTS_LICENCE)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -127,6 +133,50 @@ class ModelCard:
             return cls(**{k: v for k, v in d.items() if k in known})
         except TypeError as exc:
             raise ModelError(f"model card is missing a field or has a wrong one: {exc}") from None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, dict):
+            raise ModelError(f"model card config must be an object, got {self.config!r}")
+        for key, value in self.config.items():
+            _check_config_value(key, value)
+
+
+#: The largest integer a network configuration may hold (channels, steps ...): beyond it a card is not a real model.
+MAX_CONFIG_INT = 100_000
+
+
+def _check_config_value(key: str, value: Any) -> None:
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_config_value(key, v)
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    elif isinstance(value, int):
+        if not 0 <= value <= MAX_CONFIG_INT:
+            raise ModelError(f"model card config {key!r} holds {value}, outside [0, {MAX_CONFIG_INT}]")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ModelError(f"model card config {key!r} holds a non-finite number ({value})")
+    else:
+        raise ModelError(f"model card config {key!r} holds {value!r}, not a number, text or list")
+
+
+def shipped_path(name: str) -> Path:
+    """Path of a shipped model's weights file (which may be absent in a source checkout without weights)."""
+    try:
+        return WEIGHTS_DIR / SHIPPED[name]
+    except KeyError:
+        raise ModelError(f"no shipped model {name!r} (known: {', '.join(SHIPPED)})") from None
+
+
+def card_licence(path: str | Path) -> str:
+    """The licence of the weights at ``path`` as their card records it (:data:`DEFAULT_WEIGHTS_LICENCE` when the card
+    names none or cannot be read). Reads the JSON only: no network library is imported."""
+    try:
+        licence = json.loads(Path(path).with_suffix(".json").read_text()).get("licence")
+    except (OSError, ValueError, AttributeError):
+        licence = None
+    return str(licence) if licence else DEFAULT_WEIGHTS_LICENCE
 
 
 def save_model(net, card: ModelCard, path: str | Path) -> Path:
@@ -170,17 +220,24 @@ def load_model(path: str | Path, device: str = "cpu", expect_architecture: str |
     card = read_card(path)
     if expect_architecture and card.architecture != expect_architecture:
         raise ModelError(f"{path} holds a {card.architecture} model, not the expected {expect_architecture}")
-    net = build_network(card.architecture, **card.config)
+    try:
+        net = build_network(card.architecture, **card.config)
+    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
+        raise ModelError(f"{path}: the card's config {card.config} does not build a {card.architecture} network "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     load_weights_into(net, path, card)
     return net.to(device).eval(), card
 
 
 def load_weights_into(net, path: Path, card: ModelCard) -> dict:
-    """Read the safetensors file ``path`` into ``net`` (strict); a corrupt file or weights of another architecture
-    raise :class:`ModelError`. Returns the state dict read."""
+    """Read the safetensors file ``path`` into ``net`` (strict); a file whose SHA-256 differs from the card's, a
+    corrupt file or weights of another architecture raise :class:`ModelError`. Returns the state dict read."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if card.sha256 and sha256_file(path) != card.sha256:
+        raise ModelError(f"weights file {path} does not match its card (SHA-256 differs from the card's "
+                         f"{card.sha256[:12]}…): the file was changed or corrupted; restore it or re-export the model")
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

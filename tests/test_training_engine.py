@@ -158,3 +158,21 @@ def test_diffusion_prior_trains_and_resumes_through_the_same_trainer(tmp_path):
     assert more["steps"] == 3 and any("resumed run" in line for line in logs)
     with pytest.raises(Exception, match="held-out"):
         validate_config({**raw, "held_out": ["clean"]}, data_root_dir=tmp_path)
+
+
+def test_a_committed_training_state_resumes_the_same_run_and_seeds_another(tmp_path, scans):  # noqa: F811
+    from medden.training.engine import compact_state
+
+    rec = train(validate_config(_cfg(tmp_path, scans, epochs=1, export=None)), log=lambda s: None)
+    state = compact_state(Path(rec["run_dir"]) / "last.pt", tmp_path / "state" / "tiny.pt")
+    assert "optimizer" not in torch.load(state, weights_only=True)
+    logs: list[str] = []  # same run, fresh cache folder (a later session): continues at its step
+    more = train(validate_config(_cfg(tmp_path, scans, epochs=2, export=None, resume_from=str(state),
+                                      checkpoint_dir=str(tmp_path / "later"))), log=logs.append)
+    assert more["steps"] == 4 and more["run_key"] == rec["run_key"]
+    assert any("resuming run" in line and "at step 2" in line for line in logs)
+    logs.clear()  # another run (other learning rate): only the weights
+    other = train(validate_config(_cfg(tmp_path, scans, epochs=1, export=None, learning_rate=2e-3,
+                                       resume_from=str(state), checkpoint_dir=str(tmp_path / "other"))),
+                  log=logs.append)
+    assert other["steps"] == 2 and any("initialising from the weights" in line for line in logs)

@@ -148,6 +148,9 @@ class TrainConfig(_Strict):
     export: Optional[str] = None
     docs_dir: Optional[str] = None
     init_weights: Optional[str] = None
+    #: a committed training state (``medden/models/training_state/*.pt``) to start from when the run folder holds
+    #: none: the same run continues at its step, another run takes its weights
+    resume_from: Optional[str] = None
     command: str = ""
 
     @field_validator("patch_size")
@@ -157,11 +160,11 @@ class TrainConfig(_Strict):
             raise ValueError(f"patch sides must be >= 8 voxels, got {v}")
         return v
 
-    @field_validator("init_weights")
+    @field_validator("init_weights", "resume_from")
     @classmethod
-    def _init(cls, v: Optional[str]) -> Optional[str]:
+    def _init(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
         if v is not None and not Path(v).is_file():
-            raise ValueError(f"init_weights file {v} does not exist")
+            raise ValueError(f"{info.field_name} file {v} does not exist")
         return v
 
     @model_validator(mode="after")

@@ -30,7 +30,8 @@ from medden.errors import MeddenError
 
 #: config fields that steer a run without changing what it trains: a run resumed with other values is the same run
 RUN_CONTROL = ("epochs", "max_steps", "wall_minutes", "val_patches", "device", "threads", "workers", "amp",
-               "checkpoint_dir", "export", "docs_dir", "command", "progress_every", "on_worse", "log_every")
+               "checkpoint_dir", "export", "docs_dir", "command", "progress_every", "on_worse", "log_every",
+               "resume_from")
 
 
 class TrainingError(MeddenError, RuntimeError):
@@ -145,6 +146,28 @@ def resume(path: Path, key: str, device: str, log: Callable[[str], None]) -> dic
     log(f"resumed run {key} (same config and data) from {path} at step {state['step']} "
         f"({state['elapsed'] / 60:.1f} min trained)")
     return state
+
+
+def compact_state(src: Path, dest: Path) -> Path:
+    """A training state small enough to commit (the network, step, elapsed time, history, run key and config;
+    without the optimiser's moments, which a resumed run re-estimates within a few steps), written atomically."""
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    keep = {k: v for k, v in state.items() if k not in ("optimizer",)}
+    keep["model"] = {k: v.contiguous() for k, v in state["model"].items()}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_state(dest, keep)
+    return dest
+
+
+def start_state(path: str | Path, key: str, log: Callable[[str], None]) -> tuple[dict, bool]:
+    """A committed training state (:func:`compact_state`) to start from: ``(state, same_run)``. The same run
+    continues at its step; another run takes only its weights."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    same = state.get("run_key") == key
+    log(f"resuming run {key} from the training state {path} at step {state['step']}" if same else
+        f"initialising from the weights of the training state {path} (run {state.get('run_key')}; this is run "
+        f"{key}: step and optimiser start afresh)")
+    return state, same
 
 
 class Progress:

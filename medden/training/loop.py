@@ -19,7 +19,7 @@ from medden.training.config import ConfigError, TrainConfig
 from medden.training.data import CT_SCALE, PatchSampler, TrainVolume, load_volumes, synthetic_volume
 from medden.training.engine import (
     Progress, TrainingError, agree, cosine_lr, keep_record, optimiser_step, parameter_digest, resume, run_dir, run_key,
-    save_state, setup_device)
+    save_state, setup_device, start_state)
 from medden.training.losses import training_loss
 
 __all__ = ["train", "export", "validate", "run_key", "run_dir", "keep_record", "write_curves"]
@@ -193,9 +193,18 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     if state is not None and (state.get("architecture") != cfg.architecture or state.get("network") != net.config):
         log(f"ignoring {last}: it holds another architecture")
         state = None
+    if state is None and cfg.resume_from:
+        state, same = start_state(cfg.resume_from, key, log)
+        if state.get("network") != net.config:
+            raise ConfigError(f"resume_from {cfg.resume_from} holds {state.get('network')}, the config asks for "
+                              f"{net.config}")
+        if not same:
+            net.load_state_dict(state["model"])
+            state = None
     if state is not None:
         net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            opt.load_state_dict(state["optimizer"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
     else:
         log(f"new run {key}: checkpoints in {folder} (another config or other data is another run)")

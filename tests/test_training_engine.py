@@ -176,3 +176,24 @@ def test_a_committed_training_state_resumes_the_same_run_and_seeds_another(tmp_p
                                        resume_from=str(state), checkpoint_dir=str(tmp_path / "other"))),
                   log=logs.append)
     assert other["steps"] == 2 and any("initialising from the weights" in line for line in logs)
+
+
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(ROOT)) for p in [
+    *ROOT.glob("bundles/*/configs/medden_train.json"), *ROOT.glob("bundles/*/configs/stages/*.json"),
+    *ROOT.glob("medden/training/configs/*.json")]))
+def test_every_shipped_training_config_validates(tmp_path, monkeypatch, config):
+    """The configs in the repository are valid and machine-independent: relative data paths under a data root."""
+    raw = json.loads((ROOT / config).read_text())
+    for spec in raw["data"] + raw.get("validation", []):
+        for key in ("path", "pair"):
+            if spec.get(key):
+                assert not Path(spec[key]).is_absolute()
+                (tmp_path / "data" / spec[key]).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / "data" / spec[key]).touch()
+    monkeypatch.chdir(tmp_path)
+    for key in ("init_weights", "resume_from"):
+        if raw.get(key):
+            Path(raw[key]).parent.mkdir(parents=True, exist_ok=True)
+            Path(raw[key]).touch()
+    assert "checkpoint_dir" not in raw  # runs go to the user's cache unless asked otherwise
+    validate_config(raw, config, data_root_dir=tmp_path / "data")

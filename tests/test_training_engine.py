@@ -197,3 +197,25 @@ def test_every_shipped_training_config_validates(tmp_path, monkeypatch, config):
             Path(raw[key]).touch()
     assert "checkpoint_dir" not in raw  # runs go to the user's cache unless asked otherwise
     validate_config(raw, config, data_root_dir=tmp_path / "data")
+
+
+def test_sigterm_stops_a_run_cleanly_with_a_checkpoint_and_an_export(tmp_path, scans, monkeypatch):  # noqa: F811
+    import os
+    import signal
+
+    import medden.training.loop as loop
+
+    real, calls = loop.training_loss, []
+
+    def term_on_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop, "training_loss", term_on_second)
+    logs: list[str] = []
+    rec = train(validate_config(_cfg(tmp_path, scans, epochs=50)), log=logs.append)
+    assert rec["steps"] == 2 and any("stop requested" in line for line in logs)
+    assert Path(rec["export"]).is_file() and (Path(rec["run_dir"]) / "last.pt").is_file()
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back

@@ -32,7 +32,7 @@ import torch
 from medden.models.card import CT_PRIOR_NORMALISATION, MR_NORMALISATION
 from medden.training.config import DataSpec, PriorConfig
 from medden.training.engine import (
-    Progress, cosine_lr, keep_record, optimiser_step, resume, run_dir, run_key, save_state, setup_device)
+    Progress, StopRequest, cosine_lr, keep_record, optimiser_step, resume, run_dir, run_key, save_state, setup_device)
 from medden.training.loop import write_curves
 
 #: CT in the prior's units: z = 2·(HU − CT_OFFSET)/CT_SCALE − 1 = HU/1000 (air −1, water 0, dense bone ≈ 1)
@@ -208,31 +208,33 @@ def train_prior(cfg: PriorConfig, log: Callable[[str], None] = print) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed + step)
     progress = Progress(cfg.progress_every, cfg.batch_size * net.in_channels * cfg.patch ** 2, log)
     k = net.neighbours
-    while step < cfg.max_steps and elapsed < budget:
-        lr = cosine_lr(opt, cfg.learning_rate, elapsed / budget if math.isfinite(budget) else step / cfg.max_steps,
-                       floor=0.05)
-        x0 = sampler.sample(cfg.batch_size).to(device, non_blocking=True)
-        t = (net.t_max * torch.rand(cfg.batch_size, generator=gen) ** 2).long().clamp_(0, net.t_max - 1).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        loss = torch.mean((net(sched.add_noise(original_samples=x0, noise=noise, timesteps=t), t)
-                           - noise[:, k:k + 1]) ** 2)
-        if optimiser_step(loss, net, opt):
-            decay = min(cfg.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, p in zip(ema_net.parameters(), net.parameters()):
-                    pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
-            run_losses.append(float(loss.detach()))
-        step += 1
-        elapsed = time.perf_counter() - start
-        progress.update(step, run_losses[-1] if run_losses else None, lr)
-        if step % cfg.log_every == 0 or step >= cfg.max_steps or elapsed >= budget:
-            rec = {"step": step, "epoch": step / cfg.log_every, "minutes": round(elapsed / 60, 2), "lr": lr,
-                   "train_loss": float(np.mean(run_losses)) if run_losses else float("nan"),
-                   **validate(ema_net, val)}
-            run_losses = []
-            keep_record(rec, history, save, folder)
-            log(f"step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} val ε-loss {rec['val_loss']:.4f} "
-                f"x̂0 PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
+    with StopRequest(log) as stop:
+        while step < cfg.max_steps and elapsed < budget and not stop.requested:
+            lr = cosine_lr(opt, cfg.learning_rate, elapsed / budget if math.isfinite(budget) else step / cfg.max_steps,
+                           floor=0.05)
+            x0 = sampler.sample(cfg.batch_size).to(device, non_blocking=True)
+            t = (net.t_max * torch.rand(cfg.batch_size, generator=gen) ** 2).long().clamp_(0, net.t_max - 1)
+            t = t.to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            loss = torch.mean((net(sched.add_noise(original_samples=x0, noise=noise, timesteps=t), t)
+                               - noise[:, k:k + 1]) ** 2)
+            if optimiser_step(loss, net, opt):
+                decay = min(cfg.ema, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for pe, p in zip(ema_net.parameters(), net.parameters()):
+                        pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
+                run_losses.append(float(loss.detach()))
+            step += 1
+            elapsed = time.perf_counter() - start
+            progress.update(step, run_losses[-1] if run_losses else None, lr)
+            if step % cfg.log_every == 0 or step >= cfg.max_steps or elapsed >= budget or stop.requested:
+                rec = {"step": step, "epoch": step / cfg.log_every, "minutes": round(elapsed / 60, 2), "lr": lr,
+                       "train_loss": float(np.mean(run_losses)) if run_losses else float("nan"),
+                       **validate(ema_net, val)}
+                run_losses = []
+                keep_record(rec, history, save, folder)
+                log(f"step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} "
+                    f"val ε-loss {rec['val_loss']:.4f} x̂0 PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
     record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "batch": cfg.batch_size,
               "patch": cfg.patch, "lr": cfg.learning_rate, "ema": cfg.ema, "seed": cfg.seed, "threads": cfg.threads,
               "run_key": key, "run_dir": str(folder),

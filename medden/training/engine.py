@@ -170,6 +170,35 @@ def start_state(path: str | Path, key: str, log: Callable[[str], None]) -> tuple
     return state, same
 
 
+class StopRequest:
+    """SIGTERM/SIGINT while training: finish the current step, save, validate and export, then stop — instead of
+    dying between checkpoints (``kill PID`` stops a background run cleanly). A no-op outside the main thread."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        import signal
+        import threading
+
+        self.requested, self.log, self.old = False, log, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log("stop requested: finishing this step, then saving and exporting")
+
+    def __enter__(self) -> "StopRequest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
 class Progress:
     """A line every ``every`` steps: step, mean loss since the last line, learning rate, steps/s and voxels/s."""
 

@@ -19,7 +19,7 @@ from medden.training.config import ConfigError, TrainConfig
 from medden.training.data import CT_SCALE, PatchSampler, TrainVolume, load_volumes, synthetic_volume
 from medden.training.engine import (
     Progress, TrainingError, agree, cosine_lr, keep_record, optimiser_step, parameter_digest, resume, run_dir, run_key,
-    save_state, setup_device, start_state)
+    StopRequest, save_state, setup_device, start_state)
 from medden.training.losses import training_loss
 
 __all__ = ["train", "export", "validate", "run_key", "run_dir", "keep_record", "write_curves"]
@@ -225,26 +225,28 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     batches = _batches(sampler, cfg, cfg.seed + 1000 * rank + step, device)
     progress = Progress(cfg.progress_every, voxels, log)
     start, run_losses, skipped = time.perf_counter() - elapsed, [], 0
-    while not agree(step >= total_steps or elapsed >= budget, world):
-        lr = cosine_lr(opt, cfg.learning_rate,
-                       max(step / total_steps, elapsed / budget if math.isfinite(budget) else 0.0))
-        loss = _loss(model, next(batches), cfg, device, amp_dtype)
-        if optimiser_step(loss, net, opt, scaler):
-            run_losses.append(float(loss.detach()))
-        else:
-            skipped += 1
-            log(f"step {step}: non-finite gradient, update skipped ({skipped} so far)")
-        step += 1
-        elapsed = time.perf_counter() - start
-        progress.update(step, run_losses[-1] if run_losses else None, lr)
-        if rank == 0 and (step % cfg.steps_per_epoch == 0 or step >= total_steps or elapsed >= budget):
-            rec = {"step": step, "epoch": step / cfg.steps_per_epoch, "minutes": round(elapsed / 60, 2), "lr": lr,
-                   "train_loss": float(np.mean(run_losses)) if run_losses else float("nan"),
-                   **validate(net, val, cfg, device), **progress.last}
-            run_losses = []
-            keep_record(rec, history, save, folder)
-            log(f"epoch {rec['epoch']:.0f} step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} "
-                f"val PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
+    with StopRequest(log) as stop:
+        while not agree(step >= total_steps or elapsed >= budget or stop.requested, world):
+            lr = cosine_lr(opt, cfg.learning_rate,
+                           max(step / total_steps, elapsed / budget if math.isfinite(budget) else 0.0))
+            loss = _loss(model, next(batches), cfg, device, amp_dtype)
+            if optimiser_step(loss, net, opt, scaler):
+                run_losses.append(float(loss.detach()))
+            else:
+                skipped += 1
+                log(f"step {step}: non-finite gradient, update skipped ({skipped} so far)")
+            step += 1
+            elapsed = time.perf_counter() - start
+            progress.update(step, run_losses[-1] if run_losses else None, lr)
+            end = step >= total_steps or elapsed >= budget or stop.requested
+            if rank == 0 and (step % cfg.steps_per_epoch == 0 or end):
+                rec = {"step": step, "epoch": step / cfg.steps_per_epoch, "minutes": round(elapsed / 60, 2),
+                       "lr": lr, "train_loss": float(np.mean(run_losses)) if run_losses else float("nan"),
+                       **validate(net, val, cfg, device), **progress.last}
+                run_losses = []
+                keep_record(rec, history, save, folder)
+                log(f"epoch {rec['epoch']:.0f} step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} "
+                    f"val PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
     record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "world_size": world,
               "skipped_steps": skipped, "run_key": key, "run_dir": str(folder)}
     _finish(net, cfg, record, val, device, rank, world, folder, log)

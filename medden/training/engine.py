@@ -45,17 +45,16 @@ def default_checkpoint_root() -> Path:
 
 
 def run_key(cfg) -> str:
-    """A 12-hex-digit key of what a run trains: the config (less :data:`RUN_CONTROL`) with every data file and the
-    initial weights by content (sha256) instead of by path, so the same data under another root is the same run
-    and other data under the same names is another."""
-    raw = cfg.model_dump(mode="json", exclude=set(RUN_CONTROL) & set(type(cfg).model_fields))
+    """A 12-hex-digit key of what a run trains: the config (less :data:`RUN_CONTROL` and the validation volumes,
+    which only watch) with every data file and the initial weights by content (sha256) instead of by path, so the
+    same data under another root is the same run and other data under the same names is another."""
+    raw = cfg.model_dump(mode="json", exclude=(set(RUN_CONTROL) | {"validation"}) & set(type(cfg).model_fields))
 
     def content(spec: dict) -> dict:
         return {**spec, "path": sha256_file(spec["path"]),
                 "pair": sha256_file(spec["pair"]) if spec.get("pair") else None}
 
     raw["data"] = [content(d) for d in raw["data"]]
-    raw["validation"] = [content(d) for d in raw.get("validation", [])]
     if raw.get("init_weights"):
         raw["init_weights"] = sha256_file(raw["init_weights"])
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:12]

@@ -298,8 +298,12 @@ def export(net, cfg: TrainConfig, record: dict, log: Callable[[str], None] = pri
     card = ModelCard(name=cfg.name, architecture=cfg.architecture, config=dict(net.config), modality=cfg.modality,
                      normalisation=norm, noise=noise,
                      training={"mode": cfg.mode, "command": cfg.command,
-                               "data": [{"path": Path(d.path).name, "licence": d.licence, "downsample": d.downsample,
-                                         "slices": d.slices} for d in cfg.data],
+                               "data": [{"path": Path(d.path).name, "licence": d.licence, "target": d.target,
+                                         "downsample": d.downsample, "slices": d.slices} for d in cfg.data],
+                               "noisy_targets": "Recorrupted-to-Recorrupted (Pang et al., CVPR 2021) with the "
+                                                "estimated noise level" if any(d.target == "noisy" for d in cfg.data)
+                                                else None,
+                               "resample": cfg.resample.model_dump() if cfg.resample else None,
                                "validation": [{"path": Path(d.path).name, "licence": d.licence} for d in cfg.validation],
                                "synthetic_volumes": cfg.synthetic_volumes, "steps": record.get("steps"),
                                "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None,

@@ -41,10 +41,12 @@ def write_series(folder: Path, values: np.ndarray, affine_lps: np.ndarray, *, mo
     row_cos, col_cos = affine_lps[:3, 0] / spacing[0], affine_lps[:3, 1] / spacing[1]
     sop_class = pydicom.uid.CTImageStorage if modality == "CT" else pydicom.uid.MRImageStorage
     n = values.shape[2]
+    frame_uid = pydicom.uid.generate_uid()  # one frame of reference for the whole series
     names = np.random.default_rng(shuffle_seed).permutation(n) if shuffle_seed is not None else np.arange(n)
     paths = []
     for k in range(n):
         ds = _base(modality, sop_class, study_uid, series_uid)
+        ds.FrameOfReferenceUID = frame_uid
         uid = pydicom.uid.generate_uid()
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
         ds.InstanceNumber = int(names[k]) + 1
@@ -118,3 +120,23 @@ def oblique_affine_lps(spacing=(0.7, 0.8, 2.5), origin=(-120.0, -95.0, 40.0), an
     affine[:3, :3] = rz @ ry @ rx @ np.diag(spacing)
     affine[:3, 3] = origin
     return affine
+
+
+def assert_dciodvfy_clean(path: Path) -> None:
+    """Run dciodvfy (Debian dicom3tools) on ``path`` (a file, or every file of a folder); fail on any "Error" line.
+
+    Skips the test only when dciodvfy is not installed (``.ci/run`` installs it)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    assert files, f"no DICOM file in {path}"
+    for f in files:
+        run = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=120)
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, f"dciodvfy: {len(errors)} error(s) in {f.name}:\n" + "\n".join(errors)

@@ -7,8 +7,6 @@ converted to physical units with RescaleSlope/RescaleIntercept (Hounsfield units
 """
 from __future__ import annotations
 
-import copy
-import datetime as _dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from medden.errors import InputError, OutputError
+from medden.errors import InputError
 from medden.volume import RAS_TO_LPS, Volume
 
 #: Relative tolerance on slice spacing before a series is called inconsistent (missing or duplicated slices).
@@ -246,180 +244,79 @@ def _affine_lps(header, position, step, iop=None, pixel_spacing=None) -> np.ndar
 
 # ---------------------------------------------------------------------------------------------------------- writing
 def save_dicom(volume: Volume, path: Path, description: str = "medden", provenance: dict | None = None,
-               anonymize: bool = False) -> None:
+               anonymize: bool | str = False) -> None:
     """Write ``volume`` as a derived DICOM series into folder ``path`` (or one multi-frame file if ``path`` ends
-    in .dcm and the source was multi-frame).
+    in .dcm and the source was multi-frame); see :mod:`medden.io.dicom_write` for the rules.
 
-    The series gets a new SeriesInstanceUID and SOPInstanceUIDs, ImageType DERIVED\\SECONDARY, a SeriesDescription
-    and a DerivationDescription that say what was done; patient and study identifiers and the per-slice geometry
-    of the source are kept (``anonymize=True`` replaces the patient identifiers). Pixel data are stored in the
-    source's stored type with its rescale slope/intercept. ``provenance`` (a JSON-ready record) is appended to the
+    The series gets new Series/SOP Instance UIDs, SeriesNumber = source + 1000, ImageType DERIVED\\SECONDARY, a
+    SeriesDescription and a DerivationDescription that say what was done, SourceImageSequence references to the
+    source images, and every Type 1/2 attribute of its IOD. ``provenance`` (a JSON-ready record) is appended to the
     DerivationDescription; its optional ``dicom_derivation_code`` (value, scheme, meaning) fills
-    DerivationCodeSequence.
+    DerivationCodeSequence. ``anonymize`` (True or a key string) applies the PS3.15 Basic Application Level
+    Confidentiality Profile (:func:`medden.io.anonymize.anonymize_dataset`).
     """
+    import datetime as _datetime
+
     import pydicom.uid
 
+    from medden.io import dicom_write as dw
+    from medden.io.anonymize import anonymization_key, anonymize_dataset
+
+    key = anonymization_key(anonymize)
     fmt = volume.meta.get("format")
     same_geometry = fmt in ("dicom-series", "dicom-multiframe") and np.allclose(
         volume.affine_lps, volume.meta["source_affine_lps"], atol=1e-5)
-    series_uid = pydicom.uid.generate_uid()
-    derivation = "; ".join(volume.history) or "written by medden"
-    if provenance:
-        import json
-
-        derivation += " | " + json.dumps({k: v for k, v in provenance.items() if k != "dicom_derivation_code"},
-                                         separators=(",", ":"), default=str)
-    extras = {"code": (provenance or {}).get("dicom_derivation_code"), "anonymize": anonymize}
+    sources = dw.source_instances(volume)
+    template = sources[0] if sources else None
+    classic_same = fmt == "dicom-series" and same_geometry
+    rescale = volume.meta["rescale"] if same_geometry else None
+    dtypes = volume.meta["stored_dtypes"] if classic_same else None
     if fmt == "dicom-multiframe" and same_geometry:
-        if path.suffix.lower() in SUFFIXES:
-            _write_multiframe(volume, path, series_uid, derivation, description, extras)
-            return
-    if fmt == "dicom-series" and same_geometry:
-        headers = volume.meta["headers"]
-        rescale = volume.meta["rescale"]
-        dtypes = volume.meta["stored_dtypes"]
-    else:
-        template = _template_from(volume)
-        headers, rescale, dtypes = _new_headers(volume, template)
+        order = volume.meta["frame_order"]
+        rescale = [volume.meta["rescale"][i] for i in order]
+        dtypes = [volume.meta["stored_dtypes"][0]] * len(order)
+    data = volume.data
+    padding = volume.meta.get("padding_stored") if same_geometry else None
+    mask = volume.meta.get("padding_mask") if padding is not None else None
+    slices = dw.quantise_slices(data, rescale, dtypes)
+    derivation = dw.derivation_text(volume, provenance, anonymize=key is not None)
+    code = (provenance or {}).get("dicom_derivation_code")
+    series_uid = pydicom.uid.generate_uid()
+    number = dw.derived_series_number(template.get("SeriesNumber") if template is not None else None)
+    now = _datetime.datetime.now()
+    lps = volume.affine_lps
+    datasets = []
+    for k, (stored, slope, inter, _dtype) in enumerate(slices):
+        pad_value = None
+        if mask is not None and np.asarray(mask).shape == volume.shape and np.asarray(mask)[:, :, k].any():
+            pad_value = _padding_in(stored.dtype, padding)
+            stored = stored.copy()
+            stored[np.asarray(mask)[:, :, k].T] = pad_value  # exactly the padding value, whatever the data hold
+        header = sources[k] if classic_same else None
+        if fmt == "dicom-multiframe":  # frame numbers of the source file count from 1 in stored order
+            frames = volume.meta["frame_order"] if same_geometry else range(len(volume.meta["frame_order"]))
+            refs = [(template, int(frames[k]) + 1)] if same_geometry else [(template, int(f) + 1) for f in frames]
+        else:
+            refs = [sources[k]] if classic_same else sources
+        ds = dw.build_slice(volume, k, header=header, template=template, stored=stored, slope=slope, inter=inter,
+                            series_uid=series_uid, series_number=number, description=description,
+                            derivation=derivation, code=code, sources=refs, position=lps[:3, 3] + k * lps[:3, 2],
+                            now=now, padding=pad_value)
+        if key is not None:
+            anonymize_dataset(ds, key)
+            ds.SeriesDescription = description[:64]
+            ds.DerivationDescription = derivation
+            dw.complete_after_anonymization(ds)
+        datasets.append(ds)
+    if fmt == "dicom-multiframe" and path.suffix.lower() in SUFFIXES:
+        dw.write_multiframe(datasets, path, series_uid=datasets[0].SeriesInstanceUID, series_number=number,
+                            source=template, key=key)
+        return
     path.mkdir(exist_ok=True)
-    for k, header in enumerate(headers):
-        ds = copy.deepcopy(header)
-        slope, inter = rescale[k]
-        _set_pixels(ds, _to_stored(volume.data[:, :, k].T, slope, inter, np.dtype(dtypes[k])))
-        _mark_derived(ds, series_uid, derivation, description, stored=np.dtype(dtypes[k]), **extras)
+    for k, ds in enumerate(datasets):
         ds.save_as(path / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
 
 
-def _to_stored(values: np.ndarray, slope: float, inter: float, dtype: np.dtype) -> np.ndarray:
+def _padding_in(dtype: np.dtype, padding) -> int:
     info = np.iinfo(dtype)
-    return np.clip(np.rint((values.astype(np.float64) - inter) / slope), info.min, info.max).astype(dtype)
-
-
-def _set_pixels(ds, stored: np.ndarray) -> None:
-    ds.PixelData = np.ascontiguousarray(stored).tobytes()
-    ds["PixelData"].VR = "OB" if stored.dtype.itemsize == 1 else "OW"
-
-
-_PATIENT_IDENTIFIERS = ("PatientBirthDate", "PatientBirthTime", "PatientAddress", "OtherPatientIDs",
-                        "OtherPatientNames", "PatientTelephoneNumbers", "PatientMotherBirthName", "MilitaryRank",
-                        "EthnicGroup", "PatientComments", "ReferringPhysicianName", "InstitutionName",
-                        "InstitutionAddress", "AccessionNumber", "OperatorsName", "PerformingPhysicianName")
-
-
-def _mark_derived(ds, series_uid: str, derivation: str, description: str, stored: np.dtype, code=None,
-                  anonymize: bool = False) -> None:
-    import hashlib
-
-    import pydicom.uid
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
-    from medden import __version__
-
-    sop_uid = pydicom.uid.generate_uid()
-    ds.SOPInstanceUID = sop_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.file_meta.ImplementationVersionName = f"MEDDEN_{__version__}"[:16]
-    image_type = [str(v) for v in (ds.get("ImageType") or [])]
-    ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
-    old = str(ds.get("SeriesDescription", "")).strip()
-    ds.SeriesDescription = (f"{old} [{description}]" if old else description)[:64]
-    ds.DerivationDescription = derivation[:1024]
-    versions = [str(v) for v in (ds.get("SoftwareVersions") or [])] if "SoftwareVersions" in ds else []
-    ds.SoftwareVersions = [v for v in versions if not v.startswith("medden")] + [f"medden {__version__}"]
-    ds.BitsAllocated = ds.BitsStored = stored.itemsize * 8
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = int(np.issubdtype(stored, np.signedinteger))
-    now = _dt.datetime.now()
-    ds.SeriesDate, ds.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    for stale in ("SmallestImagePixelValue", "LargestImagePixelValue", "LossyImageCompression"):
-        if stale in ds:
-            delattr(ds, stale)
-    if code:
-        item = Dataset()
-        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
-        ds.DerivationCodeSequence = Sequence([item])
-    if anonymize:
-        pseudo = hashlib.sha256(str(ds.get("PatientID", "")).encode()).hexdigest()[:16]
-        ds.PatientName, ds.PatientID = "Anonymous", f"ANON-{pseudo}"
-        for key in _PATIENT_IDENTIFIERS:
-            if key in ds:
-                delattr(ds, key)
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "medden --anonymize: patient identifiers removed"
-
-
-def _write_multiframe(volume: Volume, path: Path, series_uid: str, derivation: str, description: str,
-                      extras: dict) -> None:
-    ds = copy.deepcopy(volume.meta["dataset"])
-    order = volume.meta["frame_order"]
-    dtype = np.dtype(volume.meta["stored_dtypes"][0])
-    frames = [None] * len(order)
-    for k, frame_index in enumerate(order):
-        slope, inter = volume.meta["rescale"][frame_index]
-        frames[frame_index] = _to_stored(volume.data[:, :, k].T, slope, inter, dtype)
-    _set_pixels(ds, np.stack(frames))
-    _mark_derived(ds, series_uid, derivation, description, stored=dtype, **extras)
-    ds.save_as(path, enforce_file_format=True)
-
-
-def _template_from(volume: Volume):
-    """Patient/study identifiers to keep when the geometry changed or the source was not DICOM."""
-    if volume.meta.get("format") == "dicom-series":
-        return volume.meta["headers"][0]
-    if volume.meta.get("format") == "dicom-multiframe":
-        return volume.meta["dataset"]
-    return None
-
-
-_KEEP = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
-         "StudyID", "AccessionNumber", "StudyDescription", "ReferringPhysicianName", "FrameOfReferenceUID",
-         "Manufacturer", "InstitutionName", "PatientPosition")
-
-
-def _new_headers(volume: Volume, template) -> tuple[list, list, list]:
-    """Fresh CT/MR image headers for a volume whose geometry no source header describes."""
-    import pydicom.uid
-    from pydicom.dataset import Dataset, FileMetaDataset
-
-    sop_class = {"CT": pydicom.uid.CTImageStorage, "MR": pydicom.uid.MRImageStorage}.get(
-        volume.modality, pydicom.uid.SecondaryCaptureImageStorage)
-    lps = volume.affine_lps
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    row_cos, col_cos = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
-    lo, hi = float(volume.data.min()), float(volume.data.max())
-    if volume.modality == "CT" and lo >= -32768 and hi <= 32767:
-        slope, inter = 1.0, 0.0
-    else:  # spread the value range over int16 with a linear rescale
-        slope = max((hi - lo) / 65000.0, 1e-6)
-        inter = lo + 32500.0 * slope
-    study_uid = pydicom.uid.generate_uid()
-    frame_uid = pydicom.uid.generate_uid()
-    headers = []
-    for k in range(volume.shape[2]):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = sop_class
-        ds.SOPClassUID = sop_class
-        ds.Modality = volume.modality if volume.modality != "OT" else "OT"
-        ds.PatientName, ds.PatientID = "Anonymous", "medden"
-        ds.StudyInstanceUID, ds.FrameOfReferenceUID = study_uid, frame_uid
-        if template is not None:
-            for key in _KEEP:
-                if key in template:
-                    setattr(ds, key, template.data_element(key).value)
-        ds.SeriesNumber = 1001
-        ds.InstanceNumber = k + 1
-        ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
-        ds.PixelSpacing = [f"{spacing[1]:.10g}", f"{spacing[0]:.10g}"]
-        ds.SliceThickness = f"{spacing[2]:.10g}"
-        ds.ImageOrientationPatient = [f"{v:.10g}" for v in (*row_cos, *col_cos)]
-        ds.ImagePositionPatient = [f"{v:.10g}" for v in (lps[:3, 3] + k * lps[:3, 2])]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{inter:.10g}"
-        ds.ImageType = ["DERIVED", "SECONDARY"]
-        headers.append(ds)
-    return headers, [(float(f"{slope:.10g}"), float(f"{inter:.10g}"))] * volume.shape[2], ["int16"] * volume.shape[2]
+    return int(np.clip(int(padding), info.min, info.max))

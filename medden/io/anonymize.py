@@ -108,6 +108,9 @@ def anonymize_dataset(ds, key: bool | str = True) -> None:
                     apply(item)
 
     apply(ds)
+    for element in list(ds):  # X/Z/D attributes the library filled with its dummy: remove (X) instead, as the
+        if element.value == "ANONYMIZED":  # image IODs do not require them (Type 2 ones come back empty on writing)
+            del ds[element.tag]
     if "SOPInstanceUID" in ds and getattr(ds, "file_meta", None) is not None:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.PatientID = pseudonym(patient_id, secret) if patient_id else ""

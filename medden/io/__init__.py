@@ -14,10 +14,12 @@ import numpy as np
 
 from medden.errors import InputError, OutputError
 from medden.io import dicom, itk, nifti
+from medden.io.anonymize import anonymize_dataset
 from medden.io.atomic import atomic_path, check_output_path
 from medden.volume import Volume
 
-__all__ = ["load_volume", "save_volume", "output_format", "default_output_path", "sidecar_path"]
+__all__ = ["load_volume", "save_volume", "output_format", "default_output_path", "sidecar_path", "restore_padding",
+           "anonymize_dataset"]
 
 
 def _suffix(path: Path) -> str:
@@ -147,6 +149,7 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = Fa
     sidecar = sidecar_path(path) if provenance is not None and fmt != "dicom" else None
     if sidecar is not None:
         check_output_path(sidecar, overwrite=overwrite, inputs=inputs)
+    volume = restore_padding(volume)
     try:
         with atomic_path(path, is_dir=is_dir) as tmp:
             if fmt == "nifti":
@@ -163,3 +166,14 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = Fa
             raise
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+def restore_padding(volume: Volume) -> Volume:
+    """The volume with its padding voxels (``meta['padding_mask']``, from a CT PixelPaddingValue) set back to exactly
+    the padding value, whatever a denoiser left there."""
+    mask = volume.meta.get("padding_mask")
+    if mask is None or np.shape(mask) != volume.shape or "padding_value" not in volume.meta:
+        return volume
+    data = volume.data.copy()
+    data[np.asarray(mask, dtype=bool)] = np.float32(volume.meta["padding_value"])
+    return dataclasses.replace(volume, data=data)

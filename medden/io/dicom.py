@@ -26,6 +26,7 @@ SUFFIXES = (".dcm", ".dicom", ".ima")
 class _Slice:
     path: Path
     header: Any  # pydicom Dataset without pixel data
+    error: str | None = None  # set for a file that cannot be read (truncated, corrupt): loading its series fails
 
 
 # ---------------------------------------------------------------------------------------------------------- reading
@@ -39,30 +40,58 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def walk(root: Path):
+    """``os.walk`` that also enters symbolically linked folders (a linked series is read like a linked file),
+    each real folder once, so a link cycle cannot loop."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield folder, dirs, files
+
+
 def scan_folder(folder: Path, recursive: bool = True) -> dict[str, list[_Slice]]:
-    """Headers of every DICOM image file in (or below) ``folder``, grouped by SeriesInstanceUID."""
+    """Headers of every DICOM image file in (or below) ``folder``, grouped by SeriesInstanceUID.
+
+    A file that cannot be read does not stop the scan: it joins its series (when its SeriesInstanceUID can still be
+    read) or a series of its own named ``unreadable-<file name>``, as a slice whose ``error`` names the file, so that
+    loading that series fails clearly and every other series of a flat export still loads.
+    """
     import pydicom
 
     series: dict[str, list[_Slice]] = {}
-    walk = os.walk(folder) if recursive else [(str(folder), [], [p.name for p in Path(folder).iterdir()
-                                                                 if p.is_file()])]
-    for root, _dirs, files in walk:
+    walker = walk(folder) if recursive else [(str(folder), [], [p.name for p in Path(folder).iterdir()
+                                                                   if p.is_file()])]
+    for root, _dirs, files in walker:
         for name in sorted(files):
             path = Path(root) / name
-            if name.upper() == "DICOMDIR" or not is_dicom_file(path):
+            if name.upper() == "DICOMDIR" or name.startswith("._") or not is_dicom_file(path):
                 continue
             try:
                 header = pydicom.dcmread(path, stop_before_pixels=True)
             except Exception as exc:  # truncated or corrupt header
-                raise InputError(f"cannot read DICOM file {path}: {_first_sentence(exc)}") from None
+                _add_broken(series, path, f"cannot read DICOM file {path}: {_first_sentence(exc)}", None)
+                continue
             if "Rows" not in header or "Columns" not in header:
                 sop = header.get("SOPClassUID")
                 if sop is None or "Image" in getattr(sop, "name", ""):
-                    raise InputError(f"{path}: incomplete DICOM image header (truncated file?)")
+                    _add_broken(series, path, f"{path}: incomplete DICOM image header (truncated file?)", header)
                 continue  # not an image (structured report, presentation state ...)
             uid = str(header.get("SeriesInstanceUID", "unknown"))
             series.setdefault(uid, []).append(_Slice(path, header))
     return series
+
+
+def _add_broken(series: dict, path: Path, error: str, header) -> None:
+    from pydicom.dataset import Dataset
+
+    uid = str(header.get("SeriesInstanceUID", "") or "") if header is not None else ""
+    series.setdefault(uid or f"unreadable-{path.name}", []).append(
+        _Slice(path, header if header is not None else Dataset(), error))
 
 
 def describe_series(series: dict[str, list[_Slice]]) -> str:
@@ -95,9 +124,16 @@ def load_dicom(path: Path, series_uid: str | None = None) -> Volume:
             raise InputError(f"series {series_uid} not found in {path}; it holds: {describe_series(series)}")
         slices = series[series_uid]
     elif len(series) > 1:
+        broken = [s for slices in series.values() for s in slices if s.error]
+        if broken and len([u for u in series if not u.startswith("unreadable-")]) <= 1:
+            raise InputError(broken[0].error)
         raise InputError(f"{path} holds {len(series)} series, pick one with --series-uid: {describe_series(series)}")
     else:
         slices = next(iter(series.values()))
+    broken = [s for s in slices if s.error]
+    if broken:
+        raise InputError(broken[0].error + (f" (and {len(broken) - 1} more file(s) of this series)"
+                                            if len(broken) > 1 else ""))
     if len(slices) == 1 and int(slices[0].header.get("NumberOfFrames", 1) or 1) > 1:
         return _load_multiframe(slices[0].path)
     return _load_classic(path, slices)
@@ -128,18 +164,20 @@ def _load_classic(folder: Path, slices: list[_Slice]) -> Volume:
     positions = positions[order]
     _check_spacing(folder, positions @ normal, [s.path.name for s in slices])
 
-    planes, slopes, inters, headers, dtypes = [], [], [], [], []
+    planes, slopes, inters, headers, dtypes, pads = [], [], [], [], [], []
+    padding = first.get("PixelPaddingValue")
     for s in slices:
         try:
             ds = pydicom.dcmread(s.path)
-            pixels = ds.pixel_array
         except Exception as exc:
-            raise InputError(f"cannot decode pixel data of {s.path}: {_first_sentence(exc)}") from None
+            raise InputError(f"cannot read DICOM file {s.path}: {_first_sentence(exc)}") from None
+        pixels = decode_pixels(ds, s.path)
         if pixels.shape != (first.Rows, first.Columns):
             raise InputError(f"{s.path}: pixel data shape {pixels.shape} does not match Rows×Columns")
         slope, inter = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
         planes.append(pixels.T.astype(np.float32) * np.float32(slope) + np.float32(inter))
-        dtypes.append(str(pixels.dtype))
+        pads.append(pixels.T == int(padding) if padding is not None else None)
+        dtypes.append(str(pixels.dtype.newbyteorder("=")))  # a big-endian source decodes to '>i2'
         slopes.append(slope)
         inters.append(inter)
         del ds.PixelData
@@ -149,6 +187,12 @@ def _load_classic(folder: Path, slices: list[_Slice]) -> Volume:
     meta = {"format": "dicom-series", "source_path": str(folder), "headers": headers, "stored_dtypes": dtypes,
             "rescale": list(zip(slopes, inters)), "series_uid": str(first.get("SeriesInstanceUID", "")),
             "source_affine_lps": affine}
+    if padding is not None and any(p.any() for p in pads):
+        # CT PixelPaddingValue (PS3.3 C.7.5.1.1.2): voxels outside the scanned field, not data. Reported so a
+        # denoiser can leave them; save_volume writes them back as exactly this padding value.
+        mask = np.stack(pads, axis=2)
+        meta.update(padding_mask=mask, padding_stored=int(padding),
+                    padding_value=float(np.float32(padding) * np.float32(slopes[0]) + np.float32(inters[0])))
     return Volume(data, RAS_TO_LPS @ affine, modality=str(first.get("Modality", "OT")), meta=meta)
 
 
@@ -157,9 +201,9 @@ def _load_multiframe(path: Path) -> Volume:
 
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
     except Exception as exc:
         raise InputError(f"cannot read multi-frame DICOM {path}: {_first_sentence(exc)}") from None
+    pixels = decode_pixels(ds, path)
     n = int(ds.NumberOfFrames)
     shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -190,12 +234,33 @@ def _load_multiframe(path: Path) -> Volume:
                      for i in order], axis=2)
     step = (positions[order[-1]] - positions[order[0]]) / (n - 1)
     affine = _affine_lps(ds, positions[order[0]], step, iop=iop, pixel_spacing=spacing)
-    stored_dtype = str(pixels.dtype)
+    stored_dtype = str(pixels.dtype.newbyteorder("="))
     del ds.PixelData
     meta = {"format": "dicom-multiframe", "source_path": str(path), "dataset": ds, "frame_order": order.tolist(),
             "rescale": rescale, "stored_dtypes": [stored_dtype], "series_uid": str(ds.get("SeriesInstanceUID", "")),
             "source_affine_lps": affine}
     return Volume(data, RAS_TO_LPS @ affine, modality=str(ds.get("Modality", "OT")), meta=meta)
+
+
+#: Python packages that decode compressed DICOM pixel data (pydicom's pixel-data plugins), by transfer syntax name.
+DECODERS = {"JPEG Baseline": "pillow or pylibjpeg + pylibjpeg-libjpeg", "JPEG Extended": "pylibjpeg + pylibjpeg-libjpeg",
+            "JPEG Lossless": "pylibjpeg + pylibjpeg-libjpeg", "JPEG-LS": "pyjpegls",
+            "JPEG 2000": "pylibjpeg + pylibjpeg-openjpeg", "RLE": "numpy (built in)"}
+
+
+def decode_pixels(ds, path: Path) -> np.ndarray:
+    """``ds.pixel_array``, or an InputError naming the file, the compression and the package that decodes it."""
+    try:
+        return ds.pixel_array
+    except Exception as exc:
+        syntax = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
+        name = getattr(syntax, "name", str(syntax or "unknown transfer syntax"))
+        if syntax is not None and getattr(syntax, "is_compressed", False) and (
+                "missing" in str(exc) or "plugin" in str(exc) or "decoder" in str(exc).lower()):
+            need = next((pkg for key, pkg in DECODERS.items() if name.startswith(key)), "a pydicom pixel-data plugin")
+            raise InputError(f"cannot decode {path}: its pixels are compressed as {name} and no installed decoder "
+                             f"handles it — install {need}") from None
+        raise InputError(f"cannot decode pixel data of {path} ({name}): {_first_sentence(exc)}") from None
 
 
 def _first_sentence(exc: Exception) -> str:
@@ -278,7 +343,8 @@ def save_dicom(volume: Volume, path: Path, description: str = "medden", provenan
     data = volume.data
     padding = volume.meta.get("padding_stored") if same_geometry else None
     mask = volume.meta.get("padding_mask") if padding is not None else None
-    slices = dw.quantise_slices(data, rescale, dtypes)
+    pet = template is not None and str(template.get("SOPClassUID", "")) == pydicom.uid.PositronEmissionTomographyImageStorage
+    slices = dw.quantise_slices(data, rescale, dtypes, zero_intercept=pet)
     derivation = dw.derivation_text(volume, provenance, anonymize=key is not None)
     code = (provenance or {}).get("dicom_derivation_code")
     series_uid = pydicom.uid.generate_uid()

@@ -39,6 +39,8 @@ ANONYMOUS_PROVENANCE = ("method", "model", "model_version", "params", "sigma", "
 
 _CT_TYPE2 = ("KVP", "AcquisitionNumber")
 _MR_TYPE2 = ("ScanOptions", "MRAcquisitionType", "RepetitionTime", "EchoTime", "EchoTrainLength")
+_PT_TYPE2 = ("CollimatorType", "RadiopharmaceuticalInformationSequence", "PatientOrientationCodeSequence",
+             "PatientGantryRelationshipCodeSequence")
 
 
 def derived_series_number(source_number) -> int:
@@ -79,12 +81,14 @@ def source_instances(volume: Volume) -> list:
 
 
 def quantise_slices(values: np.ndarray, rescale: list[tuple[float, float]] | None,
-                    dtypes: list[str] | None) -> list[tuple[np.ndarray, float, float, np.dtype]]:
+                    dtypes: list[str] | None, zero_intercept: bool = False
+                    ) -> list[tuple[np.ndarray, float, float, np.dtype]]:
     """Per slice (last axis of ``values``): stored integers, slope, intercept and type.
 
     The source's slope/intercept and 16-bit type are kept where the slice's values fit; otherwise that slice gets its
     own slope and intercept spread over the type's range (PS3.3 allows a RescaleSlope per image), so nothing is
     clipped. Without a source, one slope/intercept for the whole volume (integer-valued CT keeps slope 1).
+    ``zero_intercept``: fitted slopes keep RescaleIntercept 0 (the PET Image module requires it).
     """
     n = values.shape[2]
     out = []
@@ -93,25 +97,28 @@ def quantise_slices(values: np.ndarray, rescale: list[tuple[float, float]] | Non
         if np.array_equal(values, np.rint(values)) and lo >= -32768 and hi <= 32767:
             common = (1.0, 0.0)
         else:
-            common = _fit(lo, hi, np.dtype(np.int16))
+            common = _fit(lo, hi, np.dtype(np.int16), zero_intercept)
     for k in range(n):
         plane = values[:, :, k].T.astype(np.float64)
-        dtype = np.dtype(dtypes[k]) if dtypes else np.dtype(np.int16)
+        dtype = np.dtype(dtypes[k]).newbyteorder("=") if dtypes else np.dtype(np.int16)
         if dtype.itemsize != 2 or not np.issubdtype(dtype, np.integer):
             dtype = np.dtype(np.int16)  # CT/MR images store 16 bits; 8-bit (JPEG) sources widen
         slope, inter = rescale[k] if rescale is not None else common
         stored = np.rint((plane - inter) / slope)
         info = np.iinfo(dtype)
         if stored.min() < info.min or stored.max() > info.max:
-            slope, inter = _fit(float(plane.min()), float(plane.max()), dtype)
+            slope, inter = _fit(float(plane.min()), float(plane.max()), dtype, zero_intercept)
             stored = np.rint((plane - inter) / slope)
         out.append((np.clip(stored, info.min, info.max).astype(dtype), slope, inter, dtype))
     return out
 
 
-def _fit(lo: float, hi: float, dtype: np.dtype) -> tuple[float, float]:
+def _fit(lo: float, hi: float, dtype: np.dtype, zero_intercept: bool = False) -> tuple[float, float]:
     """Slope and intercept mapping [lo, hi] into ``dtype``'s range with a small margin, as 10-digit DS values."""
     info = np.iinfo(dtype)
+    if zero_intercept:
+        bound = max(hi / (info.max - 250) if hi > 0 else 0.0, lo / (info.min + 250) if lo < 0 else 0.0)
+        return float(f"{max(bound, 1e-6) * 1.0001:.9g}"), 0.0
     span = float(info.max) - float(info.min) - 500.0
     slope = max((hi - lo) / span, 1e-6)
     slope = float(f"{slope:.9g}")
@@ -176,7 +183,8 @@ def build_slice(volume: Volume, k: int, *, header, template, stored: np.ndarray,
         base.PatientPosition = "HFS" if header is None and template is None else base.get("PatientPosition", "")
     image_type = [str(v) for v in (base.get("ImageType") or [])]
     value3 = {"CT": ["AXIAL"], "MR": ["OTHER"]}.get(modality, [])  # the CT/MR Image modules require value 3
-    base.ImageType = ["DERIVED", "SECONDARY", *(image_type[2:] or value3)]
+    value2 = "PRIMARY" if sop_class == pydicom.uid.PositronEmissionTomographyImageStorage else "SECONDARY"
+    base.ImageType = ["DERIVED", value2, *(image_type[2:] or value3)]  # PET Image: value 2 is PRIMARY only
     base.DerivationDescription = derivation
     if code:
         item = Dataset()
@@ -213,12 +221,16 @@ def build_slice(volume: Volume, k: int, *, header, template, stored: np.ndarray,
         if not str(base.get("SequenceVariant", "")).strip():
             base.SequenceVariant = "NONE"
         _ensure(base, *_MR_TYPE2)
+    elif sop_class == pydicom.uid.PositronEmissionTomographyImageStorage:
+        base.NumberOfSlices = volume.shape[2]
+        _ensure(base, *_PT_TYPE2)
     elif sop_class == pydicom.uid.SecondaryCaptureImageStorage:
         base.ConversionType = base.get("ConversionType") or "WSD"
         base.RescaleType = base.get("RescaleType") or "US"  # unspecified units
         _ensure(base, "PatientOrientation")
     if padding is not None:
         base.PixelPaddingValue = int(padding)
+        base["PixelPaddingValue"].VR = "SS" if base.PixelRepresentation else "US"
     elif "PixelPaddingValue" in base:
         del base.PixelPaddingValue
     base.PixelData = np.ascontiguousarray(stored).tobytes()
@@ -232,7 +244,9 @@ def _copy_source(header):
 
     if header is None:
         return Dataset()
-    ds = copy.deepcopy(header)
+    ds = Dataset()
+    for element in copy.deepcopy(header):  # decoded with the source's own encoding (a big-endian source too), so
+        ds.add(element)                    # the output is written fresh in Explicit VR Little Endian
     for attr in _STALE + ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if attr in ds:
             delattr(ds, attr)
@@ -331,7 +345,7 @@ def complete_after_anonymization(ds) -> None:
     _ensure(ds, "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
             "AccessionNumber", "Manufacturer", "PositionReferenceIndicator", "Laterality", "PatientID")
     modality = str(ds.get("Modality", ""))
-    _ensure(ds, *(_CT_TYPE2 if modality == "CT" else _MR_TYPE2 if modality == "MR" else ()))
+    _ensure(ds, *{"CT": _CT_TYPE2, "MR": _MR_TYPE2, "PT": _PT_TYPE2}.get(modality, ()))
 
 
 def write_multiframe(datasets: list, path: Path, *, series_uid: str, series_number: int, source=None,

@@ -114,7 +114,7 @@ def anonymize_dataset(ds, key: bool | str = True) -> None:
     if "SOPInstanceUID" in ds and getattr(ds, "file_meta", None) is not None:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.PatientID = pseudonym(patient_id, secret) if patient_id else ""
-    ds.PatientName = "Anonymous^"
+    ds.PatientName = "Anonymous"
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = DEIDENTIFICATION_METHOD
     code = Dataset()

@@ -8,6 +8,8 @@ converted to physical units with RescaleSlope/RescaleIntercept (Hounsfield units
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,8 +92,29 @@ def _add_broken(series: dict, path: Path, error: str, header) -> None:
     from pydicom.dataset import Dataset
 
     uid = str(header.get("SeriesInstanceUID", "") or "") if header is not None else ""
+    uid = uid or series_uid_from_bytes(path) or ""
     series.setdefault(uid or f"unreadable-{path.name}", []).append(
         _Slice(path, header if header is not None else Dataset(), error))
+
+
+_SERIES_UID_TAG = re.compile(rb"\x20\x00\x0e\x00(?:UI(.)(.)|(.)(.)\x00\x00)", re.DOTALL)
+
+
+def series_uid_from_bytes(path: Path) -> str | None:
+    """The SeriesInstanceUID of a file too damaged for a DICOM parser, found by its tag (0020,000E) in the raw
+    little-endian bytes, or None."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(1 << 20)
+    except OSError:
+        return None
+    for match in _SERIES_UID_TAG.finditer(raw):
+        lo, hi = (match.group(1), match.group(2)) if match.group(1) is not None else (match.group(3), match.group(4))
+        length = lo[0] | hi[0] << 8
+        value = raw[match.end(): match.end() + length].rstrip(b"\0 ").decode("ascii", "replace")
+        if 0 < length <= 64 and len(value) > 2 and all(c.isdigit() or c == "." for c in value):
+            return value
+    return None
 
 
 def describe_series(series: dict[str, list[_Slice]]) -> str:
@@ -123,6 +146,10 @@ def load_dicom(path: Path, series_uid: str | None = None) -> Volume:
         if series_uid not in series:
             raise InputError(f"series {series_uid} not found in {path}; it holds: {describe_series(series)}")
         slices = series[series_uid]
+        unknown = [u for u in series if u.startswith("unreadable-")]
+        if unknown and not series_uid.startswith("unreadable-"):
+            warnings.warn(f"{path}: {len(unknown)} unreadable file(s) of unknown series ({', '.join(unknown[:3])}); "
+                          f"series {series_uid} may be missing a slice", UserWarning, stacklevel=3)
     elif len(series) > 1:
         broken = [s for slices in series.values() for s in slices if s.error]
         if broken and len([u for u in series if not u.startswith("unreadable-")]) <= 1:

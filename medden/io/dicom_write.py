@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -362,8 +363,10 @@ def write_multiframe(datasets: list, path: Path, *, series_uid: str, series_numb
 
         raise OutputError(f"{path}: a multi-frame DICOM file can be written for CT, MR or PET only (got {modality}); "
                           f"give a folder name to write a DICOM series")
-    image = converter(datasets, series_instance_uid=series_uid, series_number=series_number,
-                      sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
+    with warnings.catch_warnings():  # highdicom questions a one-component PatientName such as "Anonymous"
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        image = converter(datasets, series_instance_uid=series_uid, series_number=series_number,
+                          sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
     _ensure(image, "Laterality", "PositionReferenceIndicator")
     if source is not None:  # the Enhanced image modules want the referenced source listed as evidence too
         image.SourceImageEvidenceSequence = evidence_sequence(source, datasets[0], key)

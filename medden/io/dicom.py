@@ -378,7 +378,7 @@ def save_dicom(volume: Volume, path: Path, description: str = "medden", provenan
     number = dw.derived_series_number(template.get("SeriesNumber") if template is not None else None)
     now = _datetime.datetime.now()
     lps = volume.affine_lps
-    datasets = []
+    datasets, cache = [], {}
     for k, (stored, slope, inter, _dtype) in enumerate(slices):
         pad_value = None
         if mask is not None and np.asarray(mask).shape == volume.shape and np.asarray(mask)[:, :, k].any():
@@ -394,7 +394,7 @@ def save_dicom(volume: Volume, path: Path, description: str = "medden", provenan
         ds = dw.build_slice(volume, k, header=header, template=template, stored=stored, slope=slope, inter=inter,
                             series_uid=series_uid, series_number=number, description=description,
                             derivation=derivation, code=code, sources=refs, position=lps[:3, 3] + k * lps[:3, 2],
-                            now=now, padding=pad_value)
+                            now=now, padding=pad_value, cache=cache)
         if key is not None:
             anonymize_dataset(ds, key)
             ds.SeriesDescription = description[:64]

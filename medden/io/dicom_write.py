@@ -131,9 +131,9 @@ def _fit(lo: float, hi: float, dtype: np.dtype, zero_intercept: bool = False) ->
 
 def build_slice(volume: Volume, k: int, *, header, template, stored: np.ndarray, slope: float, inter: float,
                 series_uid: str, series_number: int, description: str, derivation: str, code,
-                sources: list, position: np.ndarray, now: _dt.datetime, padding: int | None):
-    """One derived image (a pydicom Dataset) for output slice ``k``."""
-    import highdicom as hd
+                sources: list, position: np.ndarray, now: _dt.datetime, padding: int | None, cache: dict):
+    """One derived image (a pydicom Dataset) for output slice ``k``; ``cache`` (one dict per series) keeps the
+    common modules, which are the same for every slice but the SOP Instance UID and Instance Number."""
     import pydicom.uid
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
@@ -144,32 +144,12 @@ def build_slice(volume: Volume, k: int, *, header, template, stored: np.ndarray,
     modality = volume.modality if volume.modality != "OT" else str(base.get("Modality", "OT") or "OT")
     sop_class = _sop_class(modality, header, template)
     src = template if template is not None else Dataset()
-    versions = [str(v) for v in (src.get("SoftwareVersions") or [])] if "SoftwareVersions" in src else []
-    if versions and not isinstance(src["SoftwareVersions"].value, (list, tuple)) and \
-            type(src["SoftwareVersions"].value).__name__ != "MultiValue":
-        versions = [str(src.SoftwareVersions)]  # one value: never split a string into its characters
-    versions = [v for v in versions if v and not v.startswith("medden")] + [f"medden {__version__}"]
-    common = hd.base.SOPClass(
-        study_instance_uid=str(src.get("StudyInstanceUID") or "") or volume.meta.setdefault(
-            "_new_study_uid", pydicom.uid.generate_uid()),
-        series_instance_uid=series_uid, series_number=series_number,
-        sop_instance_uid=pydicom.uid.generate_uid(), sop_class_uid=sop_class, instance_number=k + 1,
-        modality=modality, manufacturer=_text(src, "Manufacturer"),
-        transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
-        patient_id=_text(src, "PatientID") if "PatientID" in src else "medden",
-        patient_name=_text(src, "PatientName") if "PatientName" in src else "Anonymous^",
-        patient_birth_date=_date(src, "PatientBirthDate"),
-        patient_sex=_text(src, "PatientSex") if _text(src, "PatientSex") in ("M", "F", "O") else None,
-        accession_number=_text(src, "AccessionNumber"), study_id=_text(src, "StudyID"),
-        study_date=_date(src, "StudyDate"), study_time=_time(src, "StudyTime"),
-        referring_physician_name=_text(src, "ReferringPhysicianName"),
-        series_description=_series_description(src, description),
-        manufacturer_model_name=_text(src, "ManufacturerModelName"),
-        software_versions=versions[0] if len(versions) == 1 else versions,
-        device_serial_number=_text(src, "DeviceSerialNumber"), institution_name=_text(src, "InstitutionName"),
-        series_date=now.date(), series_time=now.time().replace(microsecond=0),
-        content_date=now.date(), content_time=now.time().replace(microsecond=0),
-    )
+    if "common" not in cache:
+        cache["common"] = common_modules(src, sop_class=sop_class, modality=modality, series_uid=series_uid,
+                                         series_number=series_number, description=description, now=now)
+    common = copy.deepcopy(cache["common"])
+    common.SOPInstanceUID = common.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    common.InstanceNumber = k + 1
     for element in common:
         base[element.tag] = element
     base.file_meta = common.file_meta
@@ -177,11 +157,10 @@ def build_slice(volume: Volume, k: int, *, header, template, stored: np.ndarray,
     base.preamble = common.preamble
 
     # Frame of Reference, General Series (2C), General Image, Image Plane
-    base.FrameOfReferenceUID = str(src.get("FrameOfReferenceUID") or "") or volume.meta.setdefault(
-        "_new_frame_uid", pydicom.uid.generate_uid())
-    _ensure(base, "PositionReferenceIndicator", "Laterality")
-    if modality in ("CT", "MR") and not str(base.get("PatientPosition", "")).strip():
-        base.PatientPosition = "HFS" if header is None and template is None else base.get("PatientPosition", "")
+    base.FrameOfReferenceUID = str(src.get("FrameOfReferenceUID") or "") or cache.setdefault(
+        "frame_uid", pydicom.uid.generate_uid())
+    _ensure(base, "PositionReferenceIndicator", "Laterality", *(("PatientPosition",) if modality in ("CT", "MR")
+                                                                 else ()))
     image_type = [str(v) for v in (base.get("ImageType") or [])]
     value3 = {"CT": ["AXIAL"], "MR": ["OTHER"]}.get(modality, [])  # the CT/MR Image modules require value 3
     value2 = "PRIMARY" if sop_class == pydicom.uid.PositronEmissionTomographyImageStorage else "SECONDARY"
@@ -237,6 +216,42 @@ def build_slice(volume: Volume, k: int, *, header, template, stored: np.ndarray,
     base.PixelData = np.ascontiguousarray(stored).tobytes()
     base["PixelData"].VR = "OW"
     return base
+
+
+def common_modules(src, *, sop_class: str, modality: str, series_uid: str, series_number: int,
+                   description: str, now: _dt.datetime):
+    """Patient, General Study, General Series, General Equipment and SOP Common modules, by highdicom's SOPClass
+    (every Type 2 attribute present, empty when the source does not know it)."""
+    import highdicom as hd
+    import pydicom.uid
+
+    from medden import __version__
+
+    versions = []
+    if src.get("SoftwareVersions"):
+        element = src["SoftwareVersions"]
+        versions = [str(element.value)] if element.VM == 1 else [str(v) for v in element.value]  # one value: whole
+    versions = [v for v in versions if v and not v.startswith("medden")] + [f"medden {__version__}"]
+    return hd.base.SOPClass(
+        study_instance_uid=str(src.get("StudyInstanceUID") or "") or pydicom.uid.generate_uid(),
+        series_instance_uid=series_uid, series_number=series_number,
+        sop_instance_uid=pydicom.uid.generate_uid(), sop_class_uid=sop_class, instance_number=1,
+        modality=modality, manufacturer=_text(src, "Manufacturer"),
+        transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+        patient_id=_text(src, "PatientID") if "PatientID" in src else "medden",
+        patient_name=_text(src, "PatientName") if "PatientName" in src else "Anonymous^",
+        patient_birth_date=_date(src, "PatientBirthDate"),
+        patient_sex=_text(src, "PatientSex") if _text(src, "PatientSex") in ("M", "F", "O") else None,
+        accession_number=_text(src, "AccessionNumber"), study_id=_text(src, "StudyID"),
+        study_date=_date(src, "StudyDate"), study_time=_time(src, "StudyTime"),
+        referring_physician_name=_text(src, "ReferringPhysicianName"),
+        series_description=_series_description(src, description),
+        manufacturer_model_name=_text(src, "ManufacturerModelName"),
+        software_versions=versions[0] if len(versions) == 1 else versions,
+        device_serial_number=_text(src, "DeviceSerialNumber"), institution_name=_text(src, "InstitutionName"),
+        series_date=now.date(), series_time=now.time().replace(microsecond=0),
+        content_date=now.date(), content_time=now.time().replace(microsecond=0),
+    )
 
 
 def _copy_source(header):

@@ -136,3 +136,13 @@ def test_anonymize_dataset_is_public_and_in_place(tmp_path, ct_values):
     for keyword in ("DeviceSerialNumber", "StationName", "InstitutionName", "StudyDescription", "SeriesDescription"):
         assert not ds.get(keyword), keyword  # removed
     assert not [e for e in ds if e.tag.is_private]
+
+
+def test_anonymised_sidecar_names_no_input_path(tmp_path, ct_values):
+    from medden import Volume
+
+    src = save_volume(Volume(ct_values, np.eye(4), modality="CT"), tmp_path / "Doe_John.nii.gz")
+    out = save_volume(load_volume(src), tmp_path / "out.nii.gz", anonymize=True,
+                      provenance={"input": str(src), "Sources": [str(src)], "method": "nlm"})
+    text = out.with_name("out.json").read_text()
+    assert "Doe_John" not in text and "nlm" in text

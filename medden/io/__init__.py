@@ -16,6 +16,7 @@ from medden.errors import InputError, OutputError
 from medden.io import dicom, itk, nifti
 from medden.io.anonymize import anonymize_dataset
 from medden.io.atomic import atomic_path, check_output_path
+from medden.io.dicom_write import ANONYMOUS_PROVENANCE
 from medden.volume import Volume
 
 __all__ = ["load_volume", "save_volume", "output_format", "default_output_path", "sidecar_path", "restore_padding",
@@ -153,6 +154,8 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = Fa
     fmt = output_format(path, like=volume)
     is_dir = fmt == "dicom" and _suffix(path) not in dicom.SUFFIXES
     sidecar = sidecar_path(path) if provenance is not None and fmt != "dicom" else None
+    if sidecar is not None and anonymize:  # no input path (which often names the patient) in the sidecar either
+        provenance = {k: provenance[k] for k in ANONYMOUS_PROVENANCE if k in provenance}
     if sidecar is not None:
         check_output_path(sidecar, overwrite=overwrite, inputs=inputs)
     volume = restore_padding(volume)

@@ -203,7 +203,10 @@ def _load_classic(folder: Path, slices: list[_Slice]) -> Volume:
             raise InputError(f"{s.path}: pixel data shape {pixels.shape} does not match Rows×Columns")
         slope, inter = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
         planes.append(pixels.T.astype(np.float32) * np.float32(slope) + np.float32(inter))
-        pads.append(pixels.T == int(padding) if padding is not None else None)
+        if padding is not None:  # a padding range [value, limit] when PixelPaddingRangeLimit is given
+            limit = ds.get("PixelPaddingRangeLimit", padding)
+            lo, hi = min(int(padding), int(limit)), max(int(padding), int(limit))
+            pads.append((pixels.T >= lo) & (pixels.T <= hi))
         dtypes.append(str(pixels.dtype.newbyteorder("=")))  # a big-endian source decodes to '>i2'
         slopes.append(slope)
         inters.append(inter)

@@ -104,12 +104,18 @@ def quantise_slices(values: np.ndarray, rescale: list[tuple[float, float]] | Non
         dtype = np.dtype(dtypes[k]).newbyteorder("=") if dtypes else np.dtype(np.int16)
         if dtype.itemsize != 2 or not np.issubdtype(dtype, np.integer):
             dtype = np.dtype(np.int16)  # CT/MR images store 16 bits; 8-bit (JPEG) sources widen
+        if zero_intercept and np.issubdtype(dtype, np.unsignedinteger) and plane.min() < 0:
+            dtype = np.dtype(np.int16)  # negative values with RescaleIntercept 0 need a signed type
         slope, inter = rescale[k] if rescale is not None else common
         stored = np.rint((plane - inter) / slope)
         info = np.iinfo(dtype)
         if stored.min() < info.min or stored.max() > info.max:
             slope, inter = _fit(float(plane.min()), float(plane.max()), dtype, zero_intercept)
             stored = np.rint((plane - inter) / slope)
+        clipped = int(np.count_nonzero((stored < info.min) | (stored > info.max)))
+        if clipped:  # cannot happen after the refit above; said out loud if it ever does
+            warnings.warn(f"slice {k + 1}: {clipped} voxel(s) clipped to the stored type's range", UserWarning,
+                          stacklevel=2)
         out.append((np.clip(stored, info.min, info.max).astype(dtype), slope, inter, dtype))
     return out
 

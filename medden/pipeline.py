@@ -81,8 +81,7 @@ def discover(study_dir: str | os.PathLike) -> list[StudyItem]:
     if not root.is_dir():
         raise InputError(f"{root} is not a folder")
     items: list[StudyItem] = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
+    for folder, dirs, files in dicom.walk(root):  # enters linked series folders, like linked files
         folder = Path(folder)
         dicom_files = []
         for name in sorted(files):

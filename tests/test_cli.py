@@ -181,12 +181,12 @@ def test_console_script_prints_no_traceback(tmp_path):
 def test_usage_errors_and_internal_errors_are_one_line(capsys, monkeypatch, mr_nifti):
     code, _, err = run(capsys, "denoise", mr_nifti, "--no-such-flag")
     assert code == 2 and err.count("\n") == 1 and "no-such-flag" in err
-    import medden.cli
+    import medden.pipeline
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(medden.cli.medden, "denoise", boom)
+    monkeypatch.setattr(medden.pipeline, "denoise", boom)
     code, _, err = run(capsys, "denoise", mr_nifti, "-m", "gaussian", "-o", mr_nifti.with_name("x.nii.gz"))
     assert code == 1 and err.count("\n") == 1 and "internal error (ZeroDivisionError" in err
     assert not mr_nifti.with_name("x.nii.gz").exists()

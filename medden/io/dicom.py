@@ -41,8 +41,11 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
-def scan_folder(folder: Path, recursive: bool = True) -> dict[str, list[_Slice]]:
-    """Headers of every DICOM image file in (or below) ``folder``, grouped by SeriesInstanceUID."""
+def scan_folder(folder: Path, recursive: bool = True, errors: list | None = None) -> dict[str, list[_Slice]]:
+    """Headers of every DICOM image file in (or below) ``folder``, grouped by SeriesInstanceUID.
+
+    A file whose header cannot be read raises :class:`InputError`, or, when ``errors`` is a list, is appended to it
+    as ``(path, message)`` and left out."""
     import pydicom
 
     series: dict[str, list[_Slice]] = {}
@@ -56,15 +59,22 @@ def scan_folder(folder: Path, recursive: bool = True) -> dict[str, list[_Slice]]
             try:
                 header = pydicom.dcmread(path, stop_before_pixels=True)
             except Exception as exc:  # truncated or corrupt header
-                raise InputError(f"cannot read DICOM file {path}: {_first_sentence(exc)}") from None
+                _broken(errors, path, f"cannot read DICOM file {path}: {_first_sentence(exc)}")
+                continue
             if "Rows" not in header or "Columns" not in header:
                 sop = header.get("SOPClassUID")
                 if sop is None or "Image" in getattr(sop, "name", ""):
-                    raise InputError(f"{path}: incomplete DICOM image header (truncated file?)")
+                    _broken(errors, path, f"{path}: incomplete DICOM image header (truncated file?)")
                 continue  # not an image (structured report, presentation state ...)
             uid = str(header.get("SeriesInstanceUID", "unknown"))
             series.setdefault(uid, []).append(_Slice(path, header))
     return series
+
+
+def _broken(errors: list | None, path: Path, message: str) -> None:
+    if errors is None:
+        raise InputError(message) from None
+    errors.append((path, message))
 
 
 def describe_series(series: dict[str, list[_Slice]]) -> str:

@@ -47,7 +47,7 @@ from medden.volume import MODALITIES, Volume
 MANIFEST_FIELDS = ("status", "input", "series_uid", "output", "method", "model", "model_version", "weights_sha256",
                    "params", "sigma", "sigma_source", "modality", "seconds", "input_sha256", "output_sha256", "key",
                    "error", "finished")
-REQUIRED_FIELDS = ("status", "input", "output")
+REQUIRED_FIELDS = ("status", "output")
 GOOD = ("ok", "skipped")
 JUNK_NAMES = ("thumbs.db", "desktop.ini", "dicomdir")
 
@@ -349,7 +349,7 @@ def manifest_name(shard: tuple[int, int] | None) -> str:
 
 
 def _record_id(r: dict) -> tuple:
-    return r["input"], r.get("series_uid"), r["output"]
+    return r.get("input"), r.get("series_uid"), r["output"]
 
 
 def read_manifest(path: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
@@ -376,9 +376,11 @@ def read_manifest(path: Path, notes: list[str] | None = None) -> list[dict[str, 
                          f"this run")
         return records
     valid = [r for r in records if isinstance(r, dict) and all(r.get(k) is not None for k in REQUIRED_FIELDS)]
-    if len(valid) < len(records) and notes is not None:
-        notes.append(f"{path}: {len(records) - len(valid)} record(s) with missing fields left out (their items are "
-                     f"done again)")
+    incomplete = sum(not all(k in r for k in ("input", "finished") + (("key", "output_sha256") if r["status"] in GOOD
+                                                                       else ())) for r in valid)
+    if notes is not None and (len(valid) < len(records) or incomplete):
+        notes.append(f"{path}: {len(records) - len(valid)} unusable record(s) left out, {incomplete} with missing "
+                     f"fields (their items are checked again)")
     return valid
 
 
@@ -395,7 +397,7 @@ def merge_records(earlier: list[dict], newer: list[dict]) -> list[dict]:
         if old is not None and old["status"] in GOOD and r["status"] not in GOOD:
             continue
         merged[_record_id(r)] = r
-    return sorted(merged.values(), key=lambda r: (r["input"], r.get("series_uid") or "", r["output"]))
+    return sorted(merged.values(), key=lambda r: (r.get("input") or "", r.get("series_uid") or "", r["output"]))
 
 
 def write_manifest(out_dir: Path, records: list[dict[str, Any]], name: str = "manifest.json") -> Path:
@@ -455,6 +457,13 @@ def merge_manifests(out_dir: str | os.PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------- study
+def run_settings(*, method: str, params: dict, sigma, anonymize: bool) -> str:
+    """A digest of what a run asks for (method, parameters, sigma, anonymisation): outputs a manifest records with
+    the same settings are this configuration's own, refreshed when stale; others are refused without --overwrite."""
+    parts = {"method": method, "params": params, "sigma": sigma, "anonymize": anonymize}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def resume_key(input_sha256: str, *, method: str, params: dict, sigma, anonymize: bool) -> str:
     """The skip-if-done key: the input's bytes, what is done to them, and with which code and model weights."""
     parts = {"input": input_sha256, "method": method, "params": params, "sigma": sigma, "medden": __version__,
@@ -503,7 +512,11 @@ def denoise_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
     out_dir.mkdir(parents=True, exist_ok=True)
     result = StudyResult()
     name = manifest_name(shard)
-    done = {r["key"]: r for r in read_manifests(out_dir, result.notes) if r["status"] in GOOD and r.get("key")}
+    earlier = [r for r in read_manifests(out_dir, result.notes) if r["status"] in GOOD]
+    done = {r["key"]: r for r in earlier if r.get("key")}
+    settings = run_settings(method=method, params=params, sigma=sigma, anonymize=anonymize)
+    mine = {r["output"] for r in earlier
+            if r.get("settings") == settings or (r.get("settings") is None and r.get("method") == method)}
     keys: dict[StudyItem, str] = {}
 
     def key_of(item: StudyItem) -> str:
@@ -512,16 +525,17 @@ def denoise_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
                                     anonymize=anonymize)
         return keys[item]
 
-    _refuse_existing(items, outputs, key_of, done, out_dir, overwrite)
+    _refuse_existing(items, outputs, mine, out_dir, overwrite)
     for i, item in enumerate(items):
         if on_item:
             on_item(i, len(items), item, None)
         out_path = outputs[item]
         record = {"input": str(item.source), "series_uid": item.series_uid, "output": str(out_path),
-                  "method": method, "params": params, "status": "failed", "error": None}
+                  "method": method, "params": params, "settings": settings, "status": "failed", "error": None}
         try:
             record = _process(item, out_path, record, key_of, done, method=method, sigma=sigma, device=device,
-                              params=params, anonymize=anonymize, overwrite=overwrite, out_dir=out_dir)
+                              params=params, anonymize=anonymize, overwrite=overwrite or str(out_path) in mine,
+                              out_dir=out_dir)
         except KeyboardInterrupt:
             record.update(status="interrupted", error="interrupted", finished=now())
             result.records.append(record)
@@ -542,21 +556,17 @@ def denoise_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
     return result
 
 
-def _refuse_existing(items, outputs, key_of, done, out_dir: Path, overwrite: bool) -> None:
-    """Before any work: outputs that exist but are not this run's own finished results are refused (without
-    ``overwrite``), and ``overwrite`` never replaces a folder holding files medden did not write."""
+def _refuse_existing(items, outputs, mine: set[str], out_dir: Path, overwrite: bool) -> None:
+    """Before any work: existing outputs that a run with other settings wrote (another method, other parameters),
+    or that no manifest knows, are refused without ``overwrite``; and no replacement ever removes a folder holding
+    files medden did not write."""
     clashes, foreign = [], []
     for item in items:
         path = outputs[item]
         if not _exists(path) or item.error is not None:
             continue
-        if not overwrite:
-            try:
-                mine = _intact(done.get(key_of(item)))
-            except OSError:
-                mine = False  # unreadable input: the item fails on its own
-            if not mine:
-                clashes.append(path)
+        if not overwrite and str(path) not in mine:
+            clashes.append(path)
         elif path.is_dir() and foreign_files(path):
             foreign.append(path)
     if foreign:
@@ -585,7 +595,8 @@ def _process(item: StudyItem, out_path: Path, record: dict, key_of, done: dict, 
     if not overwrite and _exists(out_path) and not _intact(previous):  # written meanwhile by a concurrent run?
         previous = next((r for r in read_manifests(out_dir) if r.get("key") == key and r["status"] in GOOD), None)
     if previous and previous["output"] == str(out_path) and _intact(previous):
-        return {**previous, "status": "skipped", "finished": now()}
+        return {**previous, **{k: record[k] for k in ("input", "series_uid", "output")}, "status": "skipped",
+                "finished": now()}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     prov = denoise_file(item.source, out_path, method=method, sigma=sigma, device=device, params=params,
                         series_uid=item.series_uid, overwrite=overwrite, anonymize=anonymize,

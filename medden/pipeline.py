@@ -348,8 +348,8 @@ def manifest_name(shard: tuple[int, int] | None) -> str:
     return "manifest.json" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.json"
 
 
-def _record_id(r: dict) -> tuple:
-    return r.get("input"), r.get("series_uid"), r["output"]
+def _record_id(r: dict) -> str:
+    return r["output"]
 
 
 def read_manifest(path: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
@@ -567,8 +567,8 @@ def _refuse_existing(items, outputs, mine: set[str], out_dir: Path, overwrite: b
             continue
         if not overwrite and str(path) not in mine:
             clashes.append(path)
-        elif path.is_dir() and foreign_files(path):
-            foreign.append(path)
+        elif path.is_dir():
+            foreign.extend(foreign_files(path)[:1])
     if foreign:
         raise OutputError(f"{len(foreign)} output folder(s) hold files medden did not write (e.g. {foreign[0]}); "
                           f"--overwrite replaces only medden's outputs: move those files, or write to another folder "

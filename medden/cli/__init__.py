@@ -5,6 +5,6 @@ the heavy parts of medden inside its command body, so ``medden --help`` and ``me
 """
 import medden  # noqa: F401  (the package whose public functions the commands call)
 from medden.cli import denoise, info, train, simulate, evaluate  # noqa: F401  (each registers its commands)
-from medden.cli.app import app, main, run
+from medden.cli.base import app, main, run
 
 __all__ = ["app", "main", "run"]

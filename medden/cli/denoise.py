@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from medden.cli.app import app, err, out, parse_params, parse_sigma, steps
+from medden.cli.base import app, err, out, parse_params, parse_sigma, steps
 from medden.errors import InputError, ParameterError
 
 

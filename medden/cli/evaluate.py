@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from medden.cli.app import app, out, steps
+from medden.cli.base import app, out, steps
 from medden.errors import MeddenError
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from medden.cli.app import app, out
+from medden.cli.base import app, out
 
 
 def describe(volume) -> dict:

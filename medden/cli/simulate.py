@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from medden.cli.app import app, finite, out, parse_params, parse_sigma, steps
+from medden.cli.base import app, finite, out, parse_params, parse_sigma, steps
 from medden.errors import InputError
 
 

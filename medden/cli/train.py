@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from medden.cli.app import app, out
+from medden.cli.base import app, out
 
 
 @app.command()

@@ -99,8 +99,8 @@ def load_dicom(path: Path, series_uid: str | None = None) -> Volume:
         if int(header.get("NumberOfFrames", 1) or 1) > 1:
             return _load_multiframe(path)
         raise InputError(f"{path} is a single 2D DICOM slice; pass the folder that holds the whole series")
-    series = scan_folder(path)
-    if not series:
+    series = scan_folder(path, errors=[] if series_uid is not None else None)  # a chosen series: others' broken
+    if not series:                                                               # files are not its concern
         raise InputError(f"no DICOM image files found in {path}")
     if series_uid is not None:
         if series_uid not in series:

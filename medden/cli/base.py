@@ -97,7 +97,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so that the same clean-up as Ctrl-C runs."""
 
 
+_TERMINATED: list[int] = []  # set by the handler: typer reports any interrupt as exit status 130
+
+
 def _on_sigterm(signum, frame) -> None:
+    _TERMINATED.append(signum)
     raise Terminated()
 
 
@@ -117,17 +121,15 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str] | None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)
+        if code == 130:  # typer's report of an interrupt (Ctrl-C or SIGTERM), after the clean-up ran
+            return _stopped(Terminated() if _TERMINATED else KeyboardInterrupt())
         if isinstance(code, int):  # typer.Exit(code) returns its code when not standalone
             return code
     except MeddenError as exc:
         err.print(f"error: {exc}")
         return 2
-    except Terminated:
-        err.print("error: terminated (SIGTERM); nothing partial was left")
-        return 143
-    except KeyboardInterrupt:
-        err.print("error: interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        return _stopped(exc)
     except typer.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:
@@ -140,9 +142,8 @@ def _run(argv: list[str] | None) -> int:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click/typer usage error
             err.print(f"error: {exc.format_message()}", soft_wrap=True)
             return int(exc.exit_code) or 2
-        if type(exc).__name__ == "Abort":
-            err.print("error: aborted")
-            return 130
+        if type(exc).__name__ == "Abort":  # click turns KeyboardInterrupt (and so SIGTERM) into Abort
+            return _stopped(exc.__context__)
         if os.environ.get("MEDDEN_DEBUG"):
             raise
         text = str(exc).splitlines()[0] if str(exc) else ""
@@ -150,6 +151,15 @@ def _run(argv: list[str] | None) -> int:
                   soft_wrap=True)
         return 1
     return 0
+
+
+def _stopped(exc: BaseException | None) -> int:
+    """Ctrl-C (130) or SIGTERM (143): the write in progress was removed, a study's manifest records the stop."""
+    if isinstance(exc, Terminated):
+        err.print("error: terminated (SIGTERM); no partial output was left")
+        return 143
+    err.print("error: interrupted; no partial output was left")
+    return 130
 
 
 def run() -> None:

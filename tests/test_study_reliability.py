@@ -312,6 +312,18 @@ def test_disk_full_is_one_line_single_file_and_one_failed_item_in_a_batch(capsys
     assert status["ct.nii.gz"]["status"] == "ok"
     assert status["dicom"]["status"] == "failed" and "No space left on device" in status["dicom"]["error"]
     assert leftovers(tmp_path) == []
+    real_write = Path.write_text
+
+    def manifest_full(self, *args, **kwargs):
+        if "manifest" in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", manifest_full)
+    code, _, err = run(capsys, "denoise", study, "-o", tmp_path / "out2", "-m", "gaussian", "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "internal error" not in err, err
+    assert "manifest" in err and "No space left on device" in err
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("error", [KeyError("spacing"), AssertionError("unexpected"), ZeroDivisionError("x"),

@@ -19,8 +19,12 @@ from medden.io.atomic import atomic_path, check_output_path
 from medden.io.dicom_write import ANONYMOUS_PROVENANCE
 from medden.volume import Volume
 
-__all__ = ["load_volume", "save_volume", "output_format", "default_output_path", "sidecar_path", "restore_padding",
+__all__ = ["load_volume", "save_volume", "output_format", "default_output_path", "sidecar_path", "check_output",
+           "VOLUME_SUFFIXES", "DicomSeries", "find_dicom_series", "foreign_files", "restore_padding",
            "anonymize_dataset"]
+
+#: Suffixes of the single-file volume formats (NIfTI, NRRD, MetaImage).
+VOLUME_SUFFIXES = nifti.SUFFIXES + itk.SUFFIXES
 
 
 def _suffix(path: Path) -> str:
@@ -76,6 +80,8 @@ def infer_modality(data: np.ndarray) -> tuple[str, str]:
 def _read(path: Path, series_uid: str | None) -> Volume:
     if not path.exists():
         raise InputError(f"{path} does not exist")
+    if series_uid is not None and path.is_file() and _suffix(path) in VOLUME_SUFFIXES:
+        raise InputError(f"a series UID selects one DICOM series of a folder; {path.name} is a single volume file")
     if path.is_dir():
         return dicom.load_dicom(path, series_uid=series_uid)
     if path.stat().st_size == 0:
@@ -107,6 +113,64 @@ def output_format(path: Path, like: Volume | None = None) -> str:
         return "dicom"
     raise OutputError(f"{path}: unknown output format '{suffix}' (use .nii.gz, .nii, .nrrd, .mha, .mhd or a folder "
                       f"name for a DICOM series)")
+
+
+def check_output(path: str | os.PathLike, *, like: Volume | None = None, overwrite: bool = False,
+                 protect: tuple[str | os.PathLike, ...] = ()) -> str:
+    """Refuse, before any work, what :func:`save_volume` would refuse for ``path``; returns the output format."""
+    check_output_path(Path(path), overwrite=overwrite, inputs=tuple(Path(p) for p in protect))
+    if like is None and _suffix(Path(path)) in dicom.SUFFIXES:
+        return "dicom"  # whether the source allows a .dcm file is known once it is loaded
+    return output_format(Path(path), like=like)
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomSeries:
+    """The DICOM files of one series found in a folder (``multiframe``: one multi-frame file holds the volume);
+    or one file that could not be read (``error`` says why, ``uid`` is None)."""
+
+    uid: str | None
+    files: tuple[Path, ...]
+    multiframe: bool = False
+    error: str | None = None
+
+
+def find_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """Every DICOM series directly in ``folder`` (not below). A series holding a file that cannot be read carries
+    ``error`` naming it (a file whose series cannot even be told is a series of its own): one broken file spoils no
+    other series."""
+    found = dicom.scan_folder(Path(folder), recursive=False)
+    out = []
+    for uid, slices in sorted(found.items()):
+        files = tuple(sorted(s.path for s in slices))
+        broken = [s.error for s in slices if s.error]
+        if broken:
+            more = f" (and {len(broken) - 1} more file(s) of this series)" if len(broken) > 1 else ""
+            out.append(DicomSeries(None if uid.startswith("unreadable-") else uid, files, error=broken[0] + more))
+            continue
+        out.append(DicomSeries(uid, files, multiframe=len(slices) == 1
+                               and int(slices[0].header.get("NumberOfFrames", 1) or 1) > 1))
+    return out
+
+
+def foreign_files(path: str | os.PathLike) -> list[Path]:
+    """The files in an existing DICOM output folder that medden did not write (empty for a file or a missing path):
+    ``--overwrite`` may replace only medden's own outputs."""
+    import pydicom
+
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    foreign = []
+    for p in sorted(path.rglob("*")):
+        try:
+            ours = p.is_file() and "medden" in str(pydicom.dcmread(p, stop_before_pixels=True).get(
+                "SoftwareVersions", ""))
+        except Exception:  # noqa: BLE001 - unreadable or not DICOM: not ours
+            ours = False
+        if not ours and not p.is_dir():
+            foreign.append(p)
+    return foreign
 
 
 def default_output_path(source: Path, tag: str = "denoised") -> Path:
@@ -150,8 +214,7 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = Fa
     inputs = tuple(Path(p) for p in protect)
     if volume.meta.get("source_path"):
         inputs += (Path(volume.meta["source_path"]),)
-    check_output_path(path, overwrite=overwrite, inputs=inputs)
-    fmt = output_format(path, like=volume)
+    fmt = check_output(path, like=volume, overwrite=overwrite, protect=inputs)
     is_dir = fmt == "dicom" and _suffix(path) not in dicom.SUFFIXES
     sidecar = sidecar_path(path) if provenance is not None and fmt != "dicom" else None
     if sidecar is not None and anonymize:  # no input path (which often names the patient) in the sidecar either

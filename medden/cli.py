@@ -540,6 +540,56 @@ def evaluate(
 
 
 
+@app.command()
+def serve(
+    forward: str = typer.Option(..., "--forward", help="Where derived series go: HOST:PORT:AET."),
+    ae_title: str = typer.Option("MEDDEN", "--ae-title", help="This node's AE title."),
+    port: int = typer.Option(11112, "--port", help="DICOM port to listen on."),
+    host: str = typer.Option("", "--host", help="Address to listen on (default: all interfaces)."),
+    spool: Path = typer.Option(Path("medden-spool"), "--spool", help="Queue folder (kept across restarts)."),
+    method: str = typer.Option("auto", "--method", "-m", help="Registry name or auto."),
+    sigma: str = typer.Option("auto", "--sigma", help="Noise standard deviation in the volume's units, or auto."),
+    param: List[str] = typer.Option([], "--param", "-p", help="Method parameter NAME=VALUE (repeatable)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet_time: float = typer.Option(10.0, "--quiet-time", help="Seconds without a new instance that complete a series."),
+    retry_wait: float = typer.Option(2.0, "--retry-wait", help="First wait (s) after a failed forward; doubles, up to 300."),
+    once: bool = typer.Option(False, "--once", help="Exit when what arrived is forwarded and nothing came for the quiet time."),
+) -> None:
+    """DICOM node: receive CT/MR series (C-STORE), denoise each complete series, forward the derived series."""
+    from medden.serve import DicomNode, NodeConfig, parse_destination
+
+    params = parse_params(param)
+    if method != "auto":
+        medden.denoisers.get_method(method).resolve_params(dict(params))
+    config = NodeConfig(forward=parse_destination(forward), spool=spool, ae_title=ae_title, port=port, host=host,
+                        method=method, sigma=parse_sigma(sigma), device=device, params=params,
+                        quiet_s=quiet_time, retry_s=retry_wait, once=once)
+    failed = DicomNode(config).run()
+    if failed:
+        raise MeddenError(f"{failed} series could not be denoised; they are kept in {spool / 'failed'}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bids(ctx: typer.Context) -> None:
+    """BIDS App: BIDS_DIR OUTPUT_DIR participant|group [--participant-label 01 02] [--suffix T1w T2w]
+    [--method M] [--sigma auto|X] [--param NAME=VALUE ...] [--device D]."""
+    from medden import bids as bids_app
+
+    args = bids_app.parse_args(list(ctx.args))
+    if args.analysis_level == "group":
+        out.print(f"wrote {bids_app.run_group(args.output_dir)}")
+        return
+    result = bids_app.run_participant(args.bids_dir, args.output_dir, labels=args.participant_label,
+                                      suffixes=args.suffix, method=args.method, sigma=parse_sigma(args.sigma),
+                                      params=parse_params(args.param), device=args.device)
+    out.print(f"{len(result.written)} written, {len(result.skipped)} already done, {len(result.failed)} failed "
+              f"in {args.output_dir}")
+    for source, error in result.failed:
+        err.print(f"error: {source}: {error}")
+    if result.failed:
+        raise typer.Exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: returns the exit status instead of printing tracebacks."""
     try:

@@ -23,7 +23,7 @@ def free_port() -> int:
 class Orthanc:
     """One Orthanc process; :meth:`start` and :meth:`stop` may be called again (storage is kept)."""
 
-    def __init__(self, folder: Path, aet: str = "ORTHANC"):
+    def __init__(self, folder: Path, aet: str = "ORTHANC", **extra):
         self.folder = Path(folder)
         self.aet = aet
         self.http_port, self.dicom_port = free_port(), free_port()
@@ -34,7 +34,7 @@ class Orthanc:
             "AuthenticationEnabled": False, "HttpServerEnabled": True, "DicomServerEnabled": True, "Plugins": [],
             "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
             "DicomModalities": {}, "StorageCompression": False, "HttpTimeout": 30, "DicomScuTimeout": 10,
-            "ConcurrentJobs": 1, "SaveJobs": False,
+            "ConcurrentJobs": 1, "SaveJobs": False, **extra,
         }
         self.config = self.folder / "orthanc.json"
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -256,3 +256,24 @@ def test_corrupt_and_non_image_instances_are_refused_and_the_rest_goes_through(t
     series = orthanc.series_of_study(study_uid)
     derived = [s for s in series if s["ID"] not in (series_id, orthanc.get(f"/instances/{bad[1]}")["ParentSeries"])]
     assert len(derived) == 1 and len(derived[0]["Instances"]) == 8
+
+
+def test_readme_orthanc_lua_routing_sends_stable_series_and_not_the_derived_ones(tmp_path):
+    """The routing example of the README (examples/orthanc/): Orthanc sends each stable CT/MR series to the node by
+    itself, and does not send the derived series back."""
+    lua = Path(__file__).parents[1] / "examples" / "orthanc" / "route-to-medden.lua"
+    server = Orthanc(tmp_path / "routing", StableAge=1, LuaScripts=[str(lua)]).start()
+    try:
+        node, log = start_node(tmp_path, server, "medden")  # the modality name the script sends to
+        try:
+            ids, series_id, study_uid = upload(server, make_series(tmp_path / "src", seed=7))
+            assert node.wait(30)
+            time.sleep(2.5)  # the derived series becomes stable too: it must not be sent to the node again
+        finally:
+            node.stop()
+        assert len(server.series_of_study(study_uid)) == 2
+        assert len([e for e in events(log, "series") if e["status"] == "forwarded"]) == 1
+        assert [a["received"] for a in events(log, "association")] == [8]
+    finally:
+        kill(server)
+    assert (tmp_path / "routing" / "orthanc.log").read_text().count("medden: sending series") == 1

@@ -116,7 +116,15 @@ class DicomNode:
         self.log("node", status="stopped", forwarded_series=self.forwarded_series, failed_series=self.failed_series)
 
     def run(self) -> int:
-        """Serve until interrupted (or, with ``once``, until idle); returns the number of series that failed."""
+        """Serve until interrupted (Ctrl-C or SIGTERM; or, with ``once``, until idle); returns the number of series
+        that failed. What is queued stays on disk for the next start."""
+        import signal
+
+        def _terminate(signum, frame):
+            raise KeyboardInterrupt
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
         self.start()
         try:
             while self._worker.is_alive():

@@ -29,7 +29,7 @@ AFFINE = np.array([[0.8, 0, 0, -12.0], [0, 0.7, 0, -15.0], [0, 0, 2.5, 30.0], [0
 def orthanc(tmp_path_factory):
     server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
     yield server
-    server.stop()
+    kill(server)  # its storage is temporary: no need for Orthanc's slower clean shutdown
 
 
 def make_series(folder: Path, seed: int, study_uid: str | None = None, n: int = 8, series_number: int = 3):
@@ -189,16 +189,35 @@ def test_killed_node_finishes_its_queue_after_restart(tmp_path, orthanc):
     assert not any((spool / "incoming").iterdir()) and not any((spool / "jobs").iterdir())
 
 
-def test_two_series_interleaved_in_one_association(tmp_path, orthanc):
+def test_two_series_interleaved_in_one_association(tmp_path, orthanc, capsys):
+    """Through the ``medden serve --once`` command itself: it exits on its own once both series are forwarded."""
+    import threading
+
+    from medden.cli import main
+    from orthanc_server import free_port
+
     study_uid = pydicom.uid.generate_uid()
     a_ids, a_series, _ = upload(orthanc, make_series(tmp_path / "a", seed=4, study_uid=study_uid, series_number=5))
     b_ids, b_series, _ = upload(orthanc, make_series(tmp_path / "b", seed=5, study_uid=study_uid, series_number=6))
-    node, log = start_node(tmp_path, orthanc, "node4")
-    try:
-        orthanc.store("node4", [x for pair in zip(a_ids, b_ids) for x in pair])
-        assert node.wait(60)
-    finally:
-        node.stop()
+    port = free_port()
+    exit_code = []
+    command = threading.Thread(target=lambda: exit_code.append(main([
+        "serve", "--forward", f"127.0.0.1:{orthanc.dicom_port}:{orthanc.aet}", "--host", "127.0.0.1",
+        "--port", str(port), "--spool", str(tmp_path / "spool"), "--method", "gaussian", "--quiet-time", "1",
+        "--once"])))
+    command.start()
+    orthanc.add_modality("node4", "MEDDEN", port)
+    deadline = time.time() + 30
+    while time.time() < deadline:  # until the node listens
+        try:
+            orthanc.request("POST", "/modalities/node4/echo", {})
+            break
+        except Exception:
+            time.sleep(0.1)
+    orthanc.store("node4", [x for pair in zip(a_ids, b_ids) for x in pair])
+    command.join(60)
+    assert not command.is_alive() and exit_code == [0]
+    log = io.StringIO(capsys.readouterr().err)
     stored = [a for a in events(log, "association") if a["received"]]
     assert len(stored) == 1 and stored[0]["received"] == 16 and len(stored[0]["series"]) == 2
     assert len([e for e in events(log, "series") if e["status"] == "forwarded"]) == 2

@@ -66,3 +66,11 @@ def test_unknown_method_fails_before_listening(capsys, tmp_path):
                     "--spool", tmp_path / "q")
     assert code == 2 and err.startswith("error: ") and "no-such-method" in err
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("option, value, expected", [("--quiet-time", 0, "quiet must be a positive"),
+                                                     ("--port", 70000, "--port must be"),
+                                                     ("--ae-title", "A" * 17, "--ae-title must be")])
+def test_bad_node_settings_are_one_error_line(capsys, tmp_path, option, value, expected):
+    code, err = run(capsys, "serve", "--forward", "127.0.0.1:1:PACS", option, value, "--spool", tmp_path / "q")
+    assert code == 2 and err.startswith("error: ") and expected in err and err.strip().count("\n") == 0

@@ -51,6 +51,18 @@ class NodeConfig:
     once: bool = False  # exit when all received work is done (see DicomNode.idle)
     check_destination: bool = True  # C-ECHO the destination at start-up
 
+    def __post_init__(self):
+        from medden.errors import ParameterError
+
+        for name in ("quiet_s", "retry_s", "retry_max_s"):
+            if not getattr(self, name) > 0:
+                raise ParameterError(f"{name.replace('_s', '')} must be a positive number of seconds, "
+                                     f"got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ParameterError(f"--port must be 0…65535, got {self.port}")
+        if not self.ae_title.strip() or len(self.ae_title) > 16:
+            raise ParameterError(f"--ae-title must be 1…16 characters, got {self.ae_title!r}")
+
 
 class DicomNode:
     """``medden serve``: :meth:`start` listens and works in the background, :meth:`run` blocks until stopped."""

@@ -129,7 +129,7 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
     from medden import __version__, denoise, load_volume, save_volume
     from medden.denoisers import get_method
     from medden.noise.estimate import sigma_wavelet_mad
-    from medden.pipeline import provenance_record
+    from medden.serve.node import denoise_record
 
     bids_dir, out_dir = Path(bids_dir), Path(out_dir)
     params = dict(params or {})
@@ -167,7 +167,8 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
             # one estimator for both columns: the finest-wavelet-band MAD falls when noise is removed (a
             # background-statistics estimator would not: smoothing keeps the Rayleigh mean of the air)
             before, after = sigma_wavelet_mad(volume.data), sigma_wavelet_mad(denoised.data)
-            prov = provenance_record(volume, denoised, input_path=source, output_path=target, series_uid=None)
+            prov = denoise_record(volume, denoised, input_path=image.relpath,
+                                  output_path=target.relative_to(out_dir), series_uid=None)
             record = {
                 "Description": "Denoised by medden", "Sources": [f"bids:raw:{image.relpath}"],
                 "GeneratedBy": prov["GeneratedBy"], "Method": prov["method"], "Model": prov["model"],

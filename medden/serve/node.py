@@ -307,17 +307,26 @@ def derive_series(source: Path, output: Path, *, method: str = "auto", sigma: fl
     geometry, new UIDs, DERIVED\\SECONDARY, its own SeriesNumber, SourceImageSequence to the source images).
     Returns what the series log line reports."""
     from medden import denoise, load_volume, save_volume
-    from medden.pipeline import provenance_record
 
     volume = load_volume(source)
     result = denoise(volume, method=method, sigma=sigma, device=device, **(params or {}))
     series_uid = str(volume.meta.get("series_uid") or "")
-    prov = provenance_record(volume, result, input_path=Path(series_uid), output_path=None, series_uid=series_uid)
+    prov = denoise_record(volume, result, input_path=series_uid, output_path=None, series_uid=series_uid)
     prov.update(Sources=[f"SeriesInstanceUID {series_uid}"], input=series_uid)  # no spool paths in the DICOM
     chosen = result.meta.get("denoise", {}).get("method", method)
     save_volume(result, output, description=f"medden {chosen}", provenance=prov)
     derived_uid = complete_derived_headers(output, volume)
     return {"method": chosen, "sigma": prov.get("sigma"), "derived_series_uid": derived_uid}
+
+
+def denoise_record(source, result, **where) -> dict[str, Any]:
+    """The provenance record every front end writes (method, model version, sigma, ...), from wherever this
+    version of medden keeps it (``medden.provenance`` or, before it, ``medden.pipeline``)."""
+    try:
+        from medden.provenance import denoise_record as record
+    except ImportError:
+        from medden.pipeline import provenance_record as record
+    return record(source, result, **where)
 
 
 def complete_derived_headers(folder: Path, source) -> str:

@@ -135,16 +135,20 @@ class DicomNode:
         def _terminate(signum, frame):
             raise KeyboardInterrupt
 
+        previous = None
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _terminate)
-        self.start()
+            previous = signal.signal(signal.SIGTERM, _terminate)
         try:
+            self.start()
             while self._worker.is_alive():
                 self._worker.join(0.5)
         except KeyboardInterrupt:
             pass
         finally:
-            self.stop()
+            if self._worker is not None:
+                self.stop()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         return self.failed_series
 
     def wait(self, timeout: float | None = None) -> bool:

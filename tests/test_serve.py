@@ -249,9 +249,12 @@ def test_corrupt_and_non_image_instances_are_refused_and_the_rest_goes_through(t
     report.save_as(report_path, enforce_file_format=True)
     ids, series_id, _ = upload(orthanc, paths)
     bad = [orthanc.upload(corrupt_path)["ID"], orthanc.upload(report_path)["ID"]]
+    # a valid image that is a whole series on its own: accepted, but no 3D volume → that series fails, logged
+    lone = make_series(tmp_path / "lone", seed=8, study_uid=study_uid, n=1)
+    lone_id = orthanc.upload(lone[0])["ID"]
     node, log = start_node(tmp_path, orthanc, "node5")
     try:
-        orthanc.store("node5", ids[:4] + bad + ids[4:])
+        orthanc.store("node5", ids[:4] + bad + [lone_id] + ids[4:])
         # the same refusals seen by a plain SCU: the exact DIMSE statuses, and the node keeps answering
         ae = AE(ae_title="TESTSCU")
         ae.add_requested_context(pydicom.uid.CTImageStorage, ExplicitVRLittleEndian)
@@ -269,11 +272,16 @@ def test_corrupt_and_non_image_instances_are_refused_and_the_rest_goes_through(t
     refused = events(log, "refused")
     assert sorted(e["status"] for e in refused) == ["0x0122", "0x0122", "0xA900", "0xA900"]
     from_orthanc = [a for a in events(log, "association") if a["received"]]
-    assert len(from_orthanc) == 1 and from_orthanc[0]["received"] == 8 and from_orthanc[0]["refused"] == 2
+    assert len(from_orthanc) == 1 and from_orthanc[0]["received"] == 9 and from_orthanc[0]["refused"] == 2
     done = [e for e in events(log, "series") if e["status"] == "forwarded"]
     assert len(done) == 1 and done[0]["instances"] == 8
+    failed = [e for e in events(log, "series") if e["status"] == "failed"]
+    assert len(failed) == 1 and "single 2D" in failed[0]["error"]
+    assert node.failed_series == 1 and len(list((tmp_path / "spool" / "failed").glob("*/error.json"))) == 1
     series = orthanc.series_of_study(study_uid)
-    derived = [s for s in series if s["ID"] not in (series_id, orthanc.get(f"/instances/{bad[1]}")["ParentSeries"])]
+    others = {series_id, orthanc.get(f"/instances/{bad[1]}")["ParentSeries"],
+              orthanc.get(f"/instances/{lone_id}")["ParentSeries"]}
+    derived = [s for s in series if s["ID"] not in others]
     assert len(derived) == 1 and len(derived[0]["Instances"]) == 8
 
 

@@ -109,6 +109,8 @@ def test_participant_then_group_gives_a_derivative_pybids_can_index(capsys, tmp_
     assert all(float(r["noise_after"]) < float(r["noise_before"]) for r in rows)
     assert {(r["subject"], r["session"], r["suffix"]) for r in rows} == {
         ("01", "1", "T1w"), ("01", "1", "T2w"), ("02", "n/a", "T1w")}
+    # the summary table does not disturb indexing the derivative
+    assert len(BIDSLayout(out, validate=False, is_derivative=True).get(desc="denoised", extension=".nii.gz")) == 3
 
 
 def test_participant_label_and_suffix_select_images(capsys, tmp_path, raw):

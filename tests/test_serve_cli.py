@@ -74,3 +74,9 @@ def test_unknown_method_fails_before_listening(capsys, tmp_path):
 def test_bad_node_settings_are_one_error_line(capsys, tmp_path, option, value, expected):
     code, err = run(capsys, "serve", "--forward", "127.0.0.1:1:PACS", option, value, "--spool", tmp_path / "q")
     assert code == 2 and err.startswith("error: ") and expected in err and err.strip().count("\n") == 0
+
+
+def test_unwritable_spool_is_one_error_line(capsys, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    code, err = run(capsys, "serve", "--forward", "127.0.0.1:1:PACS", "--spool", tmp_path / "file" / "q")
+    assert code == 2 and err.startswith(f"error: cannot use the spool folder {tmp_path / 'file' / 'q'}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from medden.errors import MeddenError
+from medden.errors import MeddenError, OutputError
 from medden.serve.forward import Destination, ForwardError, echo, store_series
 from medden.serve.log import EventLog
 from medden.serve.spool import Job, Spool, is_uid
@@ -70,7 +70,10 @@ class DicomNode:
     def __init__(self, config: NodeConfig, log: Callable[..., None] | None = None):
         self.config = config
         self.log = log or EventLog()
-        self.spool = Spool(config.spool)
+        try:
+            self.spool = Spool(config.spool)
+        except OSError as exc:
+            raise OutputError(f"cannot use the spool folder {config.spool}: {exc.strerror or exc}") from None
         self.server = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -119,12 +122,12 @@ class DicomNode:
 
     def stop(self) -> None:
         """Stop receiving and working; what is queued stays on disk for the next start."""
+        if self.server is not None:  # first stop receiving, then let the worker finish its current step
+            self.server.shutdown()
+            self.server = None
         self._stop.set()
         if self._worker is not None:
             self._worker.join()
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
         self.log("node", status="stopped", forwarded_series=self.forwarded_series, failed_series=self.failed_series)
 
     def run(self) -> int:

@@ -82,13 +82,13 @@ def _labels(labels: list[str]) -> list[str]:
 
 def output_path(out_dir: Path, relpath: str) -> Path:
     """``sub-01/ses-1/anat/sub-01_ses-1_run-1_T1w.nii.gz`` → ``OUT/…/sub-01_ses-1_run-1_desc-denoised_T1w.nii.gz``
-    (an existing ``desc-`` entity is replaced; ``desc`` is the last entity before the suffix in BIDS)."""
+    (an existing ``desc-`` entity is replaced; ``desc`` is the last entity before the suffix in BIDS; a ``.nii`` input
+    gives a ``.nii.gz`` output)."""
     rel = Path(relpath)
-    name = rel.name
-    stem, ext = (name[: -len(".nii.gz")], ".nii.gz") if name.endswith(".nii.gz") else (rel.stem, rel.suffix)
+    stem = rel.name[: -len(".nii.gz")] if rel.name.endswith(".nii.gz") else rel.stem
     parts = stem.split("_")
     entities = [p for p in parts[:-1] if not p.startswith("desc-")]
-    return Path(out_dir) / rel.parent / ("_".join(entities + ["desc-denoised", parts[-1]]) + ext)
+    return Path(out_dir) / rel.parent / ("_".join(entities + ["desc-denoised", parts[-1]]) + ".nii.gz")
 
 
 def _sha256(path: Path) -> str:
@@ -127,6 +127,7 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
                     params: dict[str, Any] | None = None, device: str = "auto") -> BidsResult:
     """Denoise the anatomical images of the chosen participants (all when ``labels`` is empty) into ``out_dir``."""
     from medden import __version__, denoise, load_volume, save_volume
+    from medden.io import sidecar_path
     from medden.denoisers import get_method
     from medden.noise.estimate import sigma_wavelet_mad
     from medden.serve.node import denoise_record
@@ -155,7 +156,7 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
     for image in sorted(images, key=lambda f: f.relpath):
         source = Path(image.path)
         target = output_path(out_dir, image.relpath)
-        sidecar = target.with_name(target.name[: -len(".nii.gz")] + ".json")
+        sidecar = sidecar_path(target)
         input_sha = _sha256(source)
         key = _settings_key(input_sha, method, sigma, params)
         if target.is_file() and sidecar.is_file() and _recorded_key(sidecar) == key:

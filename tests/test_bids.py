@@ -113,6 +113,15 @@ def test_participant_then_group_gives_a_derivative_pybids_can_index(capsys, tmp_
     assert len(BIDSLayout(out, validate=False, is_derivative=True).get(desc="denoised", extension=".nii.gz")) == 3
 
 
+def test_output_names_follow_bids():
+    from medden.bids import output_path
+
+    assert output_path(Path("o"), "sub-01/anat/sub-01_acq-mp2rage_desc-uni_T1w.nii") == Path(
+        "o/sub-01/anat/sub-01_acq-mp2rage_desc-denoised_T1w.nii.gz")
+    assert output_path(Path("o"), "sub-1/ses-a/anat/sub-1_ses-a_run-2_FLAIR.nii.gz") == Path(
+        "o/sub-1/ses-a/anat/sub-1_ses-a_run-2_desc-denoised_FLAIR.nii.gz")
+
+
 def test_participant_label_and_suffix_select_images(capsys, tmp_path, raw):
     out = tmp_path / "out"
     code, stdout, err = run(capsys, "bids", raw, out, "participant", "--participant-label", "sub-01", "02",

@@ -167,3 +167,13 @@ def test_input_dataset_file_names_are_valid_bids(raw):
 def test_input_dataset_passes_the_bids_validator(raw):
     result = subprocess.run(["bids-validator", str(raw), "--ignoreWarnings"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_output_under_the_datasets_derivatives_is_not_read_back_as_input(capsys, raw):
+    out = raw / "derivatives" / "medden"
+    for expected in ("3 written, 0 already done", "0 written, 3 already done"):
+        code, stdout, err = run(capsys, "bids", raw, out, "participant", "--method", "gaussian")
+        assert code == 0 and expected in stdout, err
+    assert len(list(raw.rglob("*desc-denoised*.nii.gz"))) == 3
+    code, _, err = run(capsys, "bids", raw, raw / "sub-01", "participant")
+    assert code == 2 and "lies inside the BIDS dataset" in err

@@ -1,7 +1,8 @@
 """The ``medden`` command: parses arguments, calls the public API, prints. Nothing imports this package.
 
 One module per command (``denoise``, ``info`` and ``methods``, ``simulate``, ``evaluate``, ``train``, ``serve``,
-``bids``); each imports the heavy parts of medden inside its command body, so ``medden --help`` and ``medden info`` never load torch.
+``bids``); each imports the heavy parts of medden inside its command body, so ``medden --help`` and ``medden info``
+never load torch.
 """
 import medden  # noqa: F401  (the package whose public functions the commands call)
 # each module registers its commands

@@ -130,7 +130,7 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
     from medden.io import sidecar_path
     from medden.denoisers import get_method
     from medden.noise.estimate import sigma_wavelet_mad
-    from medden.serve.node import denoise_record
+    from medden.provenance import denoise_record
 
     bids_dir, out_dir = Path(bids_dir), Path(out_dir)
     params = dict(params or {})

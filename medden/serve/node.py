@@ -314,6 +314,7 @@ def derive_series(source: Path, output: Path, *, method: str = "auto", sigma: fl
     geometry, new UIDs, DERIVED\\SECONDARY, its own SeriesNumber, SourceImageSequence to the source images).
     Returns what the series log line reports."""
     from medden import denoise, load_volume, save_volume
+    from medden.provenance import denoise_record
 
     volume = load_volume(source)
     result = denoise(volume, method=method, sigma=sigma, device=device, **(params or {}))
@@ -322,56 +323,14 @@ def derive_series(source: Path, output: Path, *, method: str = "auto", sigma: fl
     prov.update(Sources=[f"SeriesInstanceUID {series_uid}"], input=series_uid)  # no spool paths in the DICOM
     chosen = result.meta.get("denoise", {}).get("method", method)
     save_volume(result, output, description=f"medden {chosen}", provenance=prov)
-    derived_uid = complete_derived_headers(output, volume)
+    derived_uid = derived_series_uid(output)
     return {"method": chosen, "sigma": prov.get("sigma"), "derived_series_uid": derived_uid}
 
 
-def denoise_record(source, result, **where) -> dict[str, Any]:
-    """The provenance record every front end writes (method, model version, sigma, ...), from wherever this
-    version of medden keeps it (``medden.provenance`` or, before it, ``medden.pipeline``)."""
-    try:
-        from medden.provenance import denoise_record as record
-    except ImportError:
-        from medden.pipeline import provenance_record as record
-    return record(source, result, **where)
-
-
-def complete_derived_headers(folder: Path, source) -> str:
-    """Add to a derived series what the series writer may not set itself: a SeriesNumber that differs from the
-    source's, and a SourceImageSequence item per image referencing the source image at the same position.
-    Files that already have both are left as written. Returns the derived SeriesInstanceUID."""
+def derived_series_uid(folder: Path) -> str:
+    """The SeriesInstanceUID of the derived series written into ``folder`` (the writer itself sets a SeriesNumber
+    that differs from the source's and a SourceImageSequence per image: :mod:`medden.io.dicom_write`)."""
     import pydicom
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
 
-    headers = list(source.meta.get("headers") or [])
-    if not headers and source.meta.get("dataset") is not None:
-        headers = [source.meta["dataset"]]
-    numbers = {int(h.SeriesNumber) for h in headers if str(h.get("SeriesNumber", "") or "").strip()}
-    new_number = ((max(numbers) if numbers else 0) + 1000) % 2_147_483_647
-
-    def position(ds) -> tuple | None:
-        ipp = ds.get("ImagePositionPatient")
-        return tuple(round(float(v), 2) for v in ipp) if ipp is not None else None
-
-    by_position = {position(h): h for h in headers}
-    uid = ""
-    for path in sorted(folder.glob("*.dcm")):
-        ds = pydicom.dcmread(path)
-        uid = str(ds.SeriesInstanceUID)
-        changed = False
-        number = str(ds.get("SeriesNumber", "") or "").strip()
-        if not number or int(number) in numbers:
-            ds.SeriesNumber = new_number
-            changed = True
-        if "SourceImageSequence" not in ds and headers:
-            src = headers[0] if len(headers) == 1 else by_position.get(position(ds))
-            if src is not None:
-                item = Dataset()
-                item.ReferencedSOPClassUID = src.SOPClassUID
-                item.ReferencedSOPInstanceUID = src.SOPInstanceUID
-                ds.SourceImageSequence = Sequence([item])
-                changed = True
-        if changed:
-            ds.save_as(path, enforce_file_format=True)
-    return uid
+    first = min(folder.glob("*.dcm"))
+    return str(pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)

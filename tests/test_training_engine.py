@@ -127,6 +127,7 @@ def test_two_fine_tunes_on_different_folders_do_not_share_a_run(tmp_path, scans,
         medden.save_volume(medden.Volume(noisy.astype(np.float32), v.affine, modality="MR"), d / "a.nii.gz")
         folders.append(d)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     outs = []
     for i, d in enumerate(folders):
         out = tmp_path / f"mine{i}.safetensors"
@@ -134,7 +135,7 @@ def test_two_fine_tunes_on_different_folders_do_not_share_a_run(tmp_path, scans,
                      "0.01", "--quiet"])
         assert code == 0
         outs.append(out)
-    runs = sorted((tmp_path / ".medden_checkpoints").glob("*/*/last.pt"))
+    runs = sorted((tmp_path / "cache" / "medden" / "training").glob("*/last.pt"))
     assert len(runs) == 2  # one run folder per data folder
     assert outs[0].read_bytes() != outs[1].read_bytes()
     cards = [json.loads(o.with_suffix(".json").read_text()) for o in outs]

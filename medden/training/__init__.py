@@ -11,6 +11,7 @@ from typing import Callable
 from medden.training.config import (
     ConfigError, DataSpec, NoiseSpec, PriorConfig, TrainConfig, load_config, validate_config)
 from medden.training.engine import TrainingError
+from medden.training.folder import folder_config, shipped_weights_for
 from medden.training.loop import export
 
 
@@ -26,4 +27,4 @@ def train(cfg: TrainConfig | PriorConfig, log: Callable[[str], None] = print) ->
 
 
 __all__ = ["ConfigError", "DataSpec", "NoiseSpec", "PriorConfig", "TrainConfig", "TrainingError", "load_config",
-           "validate_config", "train", "export"]
+           "validate_config", "train", "export", "folder_config", "shipped_weights_for"]

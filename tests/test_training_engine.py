@@ -220,3 +220,13 @@ def test_sigterm_stops_a_run_cleanly_with_a_checkpoint_and_an_export(tmp_path, s
     assert rec["steps"] == 2 and any("stop requested" in line for line in logs)
     assert Path(rec["export"]).is_file() and (Path(rec["run_dir"]) / "last.pt").is_file()
     assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+
+
+def test_a_noisy_volume_takes_its_given_noise_level_over_the_estimate(tmp_path, scans):  # noqa: F811
+    from medden.training.data import load_volumes
+
+    cfg = validate_config(_cfg(tmp_path, scans, data=[{"path": scans[1], "target": "noisy", "noise_level": 0.02},
+                                                      {"path": scans[1], "target": "noisy"}]))
+    given, estimated = load_volumes(cfg.data, cfg, tmp_path / "cache", log=lambda s: None)
+    assert given.level == 0.02 and given.role == "noisy"
+    assert 0 < estimated.level != 0.02

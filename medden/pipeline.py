@@ -38,9 +38,8 @@ from typing import Any, Callable, Iterator
 from medden._version import __version__
 from medden.denoisers import denoise, get_method
 from medden.errors import InputError, MeddenError, OutputError, ParameterError
-from medden.io import (VOLUME_SUFFIXES, check_output, find_dicom_series, foreign_files, load_volume, save_volume,
-                       sidecar_path)
-from medden.io.atomic import atomic_path
+from medden.io import (VOLUME_SUFFIXES, atomic_path, check_output, find_dicom_series, foreign_files, load_volume,
+                       save_volume, sidecar_path)
 from medden.provenance import denoise_record, model_identity, now, sha256_paths
 from medden.volume import MODALITIES, Volume
 

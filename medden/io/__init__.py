@@ -18,7 +18,7 @@ from medden.io.atomic import atomic_path, check_output_path
 from medden.volume import Volume
 
 __all__ = ["load_volume", "save_volume", "output_format", "default_output_path", "sidecar_path", "check_output",
-           "VOLUME_SUFFIXES", "DicomSeries", "find_dicom_series", "foreign_files"]
+           "VOLUME_SUFFIXES", "DicomSeries", "find_dicom_series", "foreign_files", "atomic_path"]
 
 #: Suffixes of the single-file volume formats (NIfTI, NRRD, MetaImage).
 VOLUME_SUFFIXES = nifti.SUFFIXES + itk.SUFFIXES

@@ -39,7 +39,7 @@ from medden._version import __version__
 from medden.denoisers import denoise, get_method
 from medden.errors import InputError, MeddenError, OutputError, ParameterError
 from medden.io import (VOLUME_SUFFIXES, atomic_path, check_output, find_dicom_series, foreign_files, load_volume,
-                       save_volume, sidecar_path)
+                       save_volume, sidecar_path, walk)
 from medden.provenance import denoise_record, model_identity, now, sha256_paths
 from medden.volume import MODALITIES, Volume
 
@@ -220,13 +220,8 @@ def discover(study_dir: str | os.PathLike) -> list[StudyItem]:
     if not root.is_dir():
         raise InputError(f"{root} is not a folder")
     items: list[StudyItem] = []
-    seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        dirs[:] = sorted(d for d in dirs if not _is_junk(d)) if real not in seen else []
-        if real in seen:
-            continue
-        seen.add(real)
+    for folder, dirs, files in walk(root):
+        dirs[:] = [d for d in dirs if not _is_junk(d)]
         folder = Path(folder)
         others = False
         for name in sorted(files):
@@ -240,11 +235,12 @@ def discover(study_dir: str | os.PathLike) -> list[StudyItem]:
         if not others:
             continue
         for series in find_dicom_series(folder):
-            if series.error is not None or series.multiframe:
+            if series.multiframe or series.uid is None:  # one multi-frame file, or a file of no known series
                 path = series.files[0]
                 items.append(StudyItem(path, path.relative_to(root), error=series.error))
-            else:
-                items.append(StudyItem(folder, folder.relative_to(root), series_uid=series.uid, files=series.files))
+            else:  # a series; one unreadable file of it makes this item (and no other) fail, naming the file
+                items.append(StudyItem(folder, folder.relative_to(root), series_uid=series.uid, files=series.files,
+                                       error=series.error))
     return items
 
 

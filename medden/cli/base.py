@@ -56,18 +56,6 @@ def steps(quiet: bool) -> Iterator:
             progress.update(current[-1], completed=1, total=1)
 
 
-def parse_params(items: list[str]) -> dict[str, str]:
-    """``["weight=0.5", "iterations=50"]`` → ``{"weight": "0.5", "iterations": "50"}`` (values are parsed by the
-    method's or noise model's own parameter types)."""
-    params = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ParameterError(f"--param needs NAME=VALUE, got {item!r}")
-        params[key.strip()] = value.strip()
-    return params
-
-
 def parse_sigma(text: str | None, option: str = "--sigma", allow_auto: bool = True) -> float | str | None:
     """``auto``, a number in the volume's units, or ``N%`` (of the 99.9th percentile of the non-zero voxels): the
     one reading of ``--sigma`` for ``denoise`` and ``simulate``. ``N%`` stays a string, resolved on the volume."""

@@ -40,7 +40,8 @@ from medden.denoisers import denoise, get_method
 from medden.errors import InputError, MeddenError, OutputError, ParameterError
 from medden.io import (VOLUME_SUFFIXES, atomic_path, check_output, find_dicom_series, foreign_files, load_volume,
                        save_volume, sidecar_path, walk)
-from medden.provenance import denoise_record, model_identity, now, sha256_paths
+from medden.conventions import sha256_paths
+from medden.provenance import denoise_record, model_identity, now
 from medden.volume import MODALITIES, Volume
 
 MANIFEST_FIELDS = ("status", "input", "series_uid", "output", "method", "model", "model_version", "weights_sha256",

@@ -56,6 +56,14 @@ def steps(quiet: bool) -> Iterator:
             progress.update(current[-1], completed=1, total=1)
 
 
+def parse_params(items: list[str] | None) -> dict[str, str]:
+    """``--param NAME=VALUE`` pairs, read by :func:`medden.registry.parse_assignments` (imported when called, so
+    ``--help`` stays light); the values are parsed by the method's or noise model's own parameter types."""
+    from medden.registry import parse_assignments
+
+    return parse_assignments(items)
+
+
 def parse_sigma(text: str | None, option: str = "--sigma", allow_auto: bool = True) -> float | str | None:
     """``auto``, a number in the volume's units, or ``N%`` (of the 99.9th percentile of the non-zero voxels): the
     one reading of ``--sigma`` for ``denoise`` and ``simulate``. ``N%`` stays a string, resolved on the volume."""

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from medden.cli.base import app, err, out, parse_sigma, steps
+from medden.cli.base import app, err, out, parse_params, parse_sigma, steps
 from medden.errors import InputError, ParameterError
 
 
@@ -39,9 +39,8 @@ def denoise(
     from medden.inference import resolve_device
     from medden.io import VOLUME_SUFFIXES, default_output_path
     from medden.pipeline import denoise_file
-    from medden.registry import parse_assignments
 
-    params = parse_assignments(param)
+    params = parse_params(param)
     sigma_value = parse_sigma(sigma)
     resolve_device(device)
     if not input.exists():

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from medden.cli.base import app, finite, out, parse_sigma, steps
+from medden.cli.base import app, finite, out, parse_params, parse_sigma, steps
 from medden.errors import InputError
 
 
@@ -40,10 +40,9 @@ def simulate(
     from medden.noise import get_model, simulate as simulate_noise
     from medden.pipeline import override_modality
     from medden.provenance import simulation_record
-    from medden.registry import parse_assignments
 
     spec = get_model(model)
-    given: dict = {**parse_assignments(param),
+    given: dict = {**parse_params(param),
                    **{name: value for name, value in (("dose", finite(dose, "--dose")),
                                                       ("sigma", parse_sigma(sigma, allow_auto=False)),
                                                       ("counts_per_unit", finite(counts, "--counts")),

@@ -38,10 +38,10 @@ from typing import Any, Callable, Iterator
 from medden._version import __version__
 from medden.denoisers import denoise, get_method
 from medden.errors import InputError, MeddenError, OutputError, ParameterError
-from medden.io import (VOLUME_SUFFIXES, check_output, find_dicom_series, foreign_files, load_volume, save_volume,
-                       sidecar_path)
-from medden.io.atomic import atomic_path
-from medden.provenance import denoise_record, model_identity, now, sha256_paths
+from medden.io import (VOLUME_SUFFIXES, atomic_path, check_output, find_dicom_series, foreign_files, load_volume,
+                       save_volume, sidecar_path, walk)
+from medden.conventions import sha256_paths
+from medden.provenance import denoise_record, model_identity, now
 from medden.volume import MODALITIES, Volume
 
 MANIFEST_FIELDS = ("status", "input", "series_uid", "output", "method", "model", "model_version", "weights_sha256",
@@ -221,13 +221,8 @@ def discover(study_dir: str | os.PathLike) -> list[StudyItem]:
     if not root.is_dir():
         raise InputError(f"{root} is not a folder")
     items: list[StudyItem] = []
-    seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        dirs[:] = sorted(d for d in dirs if not _is_junk(d)) if real not in seen else []
-        if real in seen:
-            continue
-        seen.add(real)
+    for folder, dirs, files in walk(root):
+        dirs[:] = [d for d in dirs if not _is_junk(d)]
         folder = Path(folder)
         others = False
         for name in sorted(files):

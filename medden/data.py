@@ -8,13 +8,13 @@ A datalist is ``{"name", "description", "licence", "how_to_obtain", "reference",
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medden.conventions import sha256_file  # noqa: F401  (re-exported: medden.data.sha256_file)
 from medden.errors import InputError
 
 SPLITS = ("training", "validation", "testing")
@@ -46,14 +46,6 @@ class Datalist:
         if self.unverified:
             text += f"; {len(self.unverified)} not verified (no checksum recorded)"
         return text
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_datalist(datalist: str | os.PathLike, root: str | os.PathLike, *, verify: bool = True,

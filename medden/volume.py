@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from medden.conventions import MODALITIES  # noqa: F401  (re-exported: medden.volume.MODALITIES)
 from medden.errors import InputError
-
-MODALITIES = ("CT", "MR", "PT", "NM", "DX", "CR", "OT")
 
 #: RAS <-> LPS: flip the first two patient axes.
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])

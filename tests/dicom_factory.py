@@ -30,21 +30,26 @@ def _base(modality: str, sop_class: str, study_uid: str, series_uid: str) -> Dat
 
 
 def write_series(folder: Path, values: np.ndarray, affine_lps: np.ndarray, *, modality: str = "CT",
-                 slope: float = 1.0, intercept: float = -1024.0, dtype=np.int16, shuffle_seed: int | None = 0,
+                 slope: float | list[float] = 1.0, intercept: float = -1024.0, dtype=np.int16, shuffle_seed: int | None = 0,
                  series_uid: str | None = None, study_uid: str | None = None, prefix: str = "slice") -> list[Path]:
     """Write ``values`` ([i, j, k], physical units) as one file per slice; file names are shuffled against the
-    slice order so that a reader sorting by name gets it wrong."""
+    slice order so that a reader sorting by name gets it wrong. ``slope`` may be one per slice (as PET stores)."""
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or pydicom.uid.generate_uid()
     study_uid = study_uid or pydicom.uid.generate_uid()
     spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
     row_cos, col_cos = affine_lps[:3, 0] / spacing[0], affine_lps[:3, 1] / spacing[1]
-    sop_class = pydicom.uid.CTImageStorage if modality == "CT" else pydicom.uid.MRImageStorage
+    sop_class = {"CT": pydicom.uid.CTImageStorage, "PT": pydicom.uid.PositronEmissionTomographyImageStorage}.get(
+        modality, pydicom.uid.MRImageStorage)
     n = values.shape[2]
+    frame_uid = pydicom.uid.generate_uid()  # one frame of reference for the whole series
     names = np.random.default_rng(shuffle_seed).permutation(n) if shuffle_seed is not None else np.arange(n)
     paths = []
+    slopes = list(slope) if np.ndim(slope) else [slope] * n
     for k in range(n):
+        slope = slopes[k]
         ds = _base(modality, sop_class, study_uid, series_uid)
+        ds.FrameOfReferenceUID = frame_uid
         uid = pydicom.uid.generate_uid()
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
         ds.InstanceNumber = int(names[k]) + 1
@@ -118,3 +123,64 @@ def oblique_affine_lps(spacing=(0.7, 0.8, 2.5), origin=(-120.0, -95.0, 40.0), an
     affine[:3, :3] = rz @ ry @ rx @ np.diag(spacing)
     affine[:3, 3] = origin
     return affine
+
+
+def assert_dciodvfy_clean(path: Path) -> None:
+    """Run dciodvfy (Debian dicom3tools) on ``path`` (a file, or every file of a folder); fail on any "Error" line.
+
+    Skips the test only when dciodvfy is not installed (``.ci/run`` installs it)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    assert files, f"no DICOM file in {path}"
+    for f in files:
+        run = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=120)
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, f"dciodvfy: {len(errors)} error(s) in {f.name}:\n" + "\n".join(errors)
+
+
+def set_tags(paths: list[Path], **tags) -> None:
+    """Set DICOM attributes (by keyword) in every file of ``paths``."""
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        for key, value in tags.items():
+            setattr(ds, key, value)
+        ds.save_as(p, enforce_file_format=True)
+
+
+def to_jpeg_baseline(paths: list[Path]) -> None:
+    """Re-encode 8-bit-range slices as JPEG Baseline (Process 1), lossy, as some exports and PACS send them."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        buf = io.BytesIO()
+        Image.fromarray(ds.pixel_array.astype(np.uint8)).save(buf, format="JPEG", quality=95)
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        ds.LossyImageCompression, ds.LossyImageCompressionRatio, ds.LossyImageCompressionMethod = "01", "5", "ISO_10918_1"
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+        ds.save_as(p, enforce_file_format=True)
+
+
+def to_big_endian(paths: list[Path]) -> None:
+    """Rewrite the files in Explicit VR Big Endian (retired, still found in old archives)."""
+    from pydicom.filewriter import dcmwrite
+
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        pixels = ds.pixel_array
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">")).tobytes()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+        dcmwrite(p, ds, implicit_vr=False, little_endian=False, enforce_file_format=True)

@@ -181,12 +181,23 @@ def test_console_script_prints_no_traceback(tmp_path):
 def test_usage_errors_and_internal_errors_are_one_line(capsys, monkeypatch, mr_nifti):
     code, _, err = run(capsys, "denoise", mr_nifti, "--no-such-flag")
     assert code == 2 and err.count("\n") == 1 and "no-such-flag" in err
-    import medden.cli
+    import medden.pipeline
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(medden.cli.medden, "denoise", boom)
+    monkeypatch.setattr(medden.pipeline, "denoise", boom)
     code, _, err = run(capsys, "denoise", mr_nifti, "-m", "gaussian", "-o", mr_nifti.with_name("x.nii.gz"))
     assert code == 1 and err.count("\n") == 1 and "internal error (ZeroDivisionError" in err
     assert not mr_nifti.with_name("x.nii.gz").exists()
+
+
+# ------------------------------------------------------------------------------------------- start-up, lazy imports
+@pytest.mark.parametrize("argv", [None, ["--help"], ["--version"], ["denoise", "--help"], ["info", "SCAN"]],
+                         ids=["import", "help", "version", "denoise-help", "info"])
+def test_import_help_and_info_do_not_import_torch(mr_nifti, argv):
+    call = "" if argv is None else f"main({[str(mr_nifti) if a == 'SCAN' else a for a in argv]!r})"
+    code = (f"import sys, medden\nfrom medden.cli import main\n{call}\n"
+            f"assert medden.__version__ and 'torch' not in sys.modules, 'torch imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

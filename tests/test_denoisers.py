@@ -106,10 +106,12 @@ def test_missing_bm_extra_gives_install_hint(monkeypatch):
 
 
 def test_default_method_is_best_available_and_falls_back(monkeypatch):
-    assert default_method("MR").name == "bm4d"
+    # issue 14 item 6: auto never picks the non-commercial BM3D/BM4D, even when installed and better ranked
+    assert get_method("bm4d").available and get_method("bm4d").rank("MR") < default_method("MR").rank("MR")
+    assert default_method("MR").permissive and default_method("MR").extra is None
     spec = get_method("bm4d")
-    monkeypatch.setattr(type(spec), "available", property(lambda self: self.extra is None))
-    assert default_method("MR").extra is None
+    monkeypatch.setattr(type(spec), "available", property(lambda self: self.extra is None and self.family != "deep"))
+    assert default_method("MR").extra is None and default_method("MR").family != "deep"
 
 
 def test_cuda_request_without_gpu_is_an_error():

@@ -4,7 +4,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from dicom_factory import oblique_affine_lps, write_multiframe, write_series
+from dicom_factory import assert_dciodvfy_clean, oblique_affine_lps, write_multiframe, write_series
 from medden import Volume, load_volume, save_volume
 from medden.volume import RAS_TO_LPS
 
@@ -105,6 +105,7 @@ def test_dicom_series_roundtrip_is_a_derived_series(tmp_path, ct_values):
         assert (h.PatientID, h.StudyInstanceUID) == (old.PatientID, old.StudyInstanceUID)
         assert h.file_meta.MediaStorageSOPInstanceUID == h.SOPInstanceUID
     assert pydicom.dcmread(files[0]).pixel_array.dtype == np.int16
+    assert_dciodvfy_clean(tmp_path / "out")
 
 
 def test_nifti_from_dicom_has_the_same_geometry_in_simpleitk(tmp_path, ct_values):
@@ -124,6 +125,7 @@ def test_nifti_volume_written_as_new_dicom_series(tmp_path, ct_values):
     np.testing.assert_allclose(back.affine, vol.affine, atol=ATOL_MM, rtol=0)
     step = float(pydicom.dcmread(next((tmp_path / "dcm").iterdir())).RescaleSlope)
     assert np.abs(back.data - vol.data).max() <= step / 2 + 1e-4
+    assert_dciodvfy_clean(tmp_path / "dcm")
 
 
 def test_multiframe_roundtrip(tmp_path, ct_values):
@@ -139,6 +141,7 @@ def test_multiframe_roundtrip(tmp_path, ct_values):
     np.testing.assert_allclose(back.affine, vol.affine, atol=ATOL_MM, rtol=0)
     hdr = pydicom.dcmread(out, stop_before_pixels=True)
     assert hdr.SeriesInstanceUID != pydicom.dcmread(src_path, stop_before_pixels=True).SeriesInstanceUID
+    assert_dciodvfy_clean(out)
 
 
 def test_several_series_listed_or_picked(tmp_path, ct_values):

@@ -119,3 +119,63 @@ def test_interrupt_records_progress_and_leaves_no_partial_output(study, tmp_path
     monkeypatch.setattr(pipeline, "denoise", real)
     result = denoise_study(study, out, method="gaussian", sigma=5.0)
     assert result.count("skipped") == 1 and result.count("ok") == 3
+
+
+# ------------------------------------------------------------------------------- resume key and method re-runs
+def _mr_study(root, n=2):
+    rng = np.random.default_rng(1)
+    for k in range(n):
+        data = np.abs(rng.normal(100, 10, (16, 16, 16))).astype(np.float32)
+        save_volume(Volume(data, np.eye(4), modality="MR"), root / f"s{k}" / "mr.nii.gz") if (
+            root / f"s{k}").mkdir(parents=True) is None else None
+    return root
+
+
+def test_retrained_weights_are_recomputed(tmp_path):
+    """The resume key holds the model's name, version and weights sha256: new weights at the same path redo the
+    study; the same weights skip it."""
+    torch = pytest.importorskip("torch")
+    from medden.models import ModelCard, Normalisation, build_network, save_model
+
+    def weights(seed):
+        torch.manual_seed(seed)
+        net = build_network("conditioned-unet3d", features=(4, 4, 8, 8, 16, 4))
+        card = ModelCard(name="mine", architecture="conditioned-unet3d", config={}, modality="MR",
+                         normalisation=Normalisation("percentile"), version=f"1.0.{seed}")
+        return save_model(net, card, tmp_path / "mine.safetensors")
+
+    study, out = _mr_study(tmp_path / "study", n=1), tmp_path / "out"
+    path = weights(0)
+    args = dict(method="deep-mr", sigma=5.0, device="cpu", params={"weights": str(path), "precision": "fp32"})
+    first = denoise_study(study, out, **args)
+    assert first.count("ok") == 1
+    rec = first.records[0]
+    assert rec["model"] == "mine" and rec["model_version"] == "1.0.0" and len(rec["weights_sha256"]) == 64
+    assert denoise_study(study, out, **args).count("skipped") == 1
+    weights(1)  # retrained: same file name, other weights
+    again = denoise_study(study, out, **args)
+    assert again.count("ok") == 1 and again.records[0]["weights_sha256"] != rec["weights_sha256"]
+    assert again.records[0]["model_version"] == "1.0.1"
+
+
+def test_rerun_with_another_method_keeps_the_manifest_and_resumes(capsys, tmp_path):
+    """Issue 14 item 2: method A, then method B (refused before any work, manifest intact), then A again resumes;
+    B goes to another folder with -o, or replaces A's outputs with --overwrite."""
+    study, out = _mr_study(tmp_path / "study"), tmp_path / "out"
+    a = ["denoise", str(study), "-o", str(out), "-m", "gaussian", "--sigma", "5"]
+    assert main(a) == 0
+    capsys.readouterr()
+    manifest = (out / "manifest.json").read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+    code = main(["denoise", str(study), "-o", str(out), "-m", "tv", "--sigma", "5"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "2 output(s) already exist" in err and "gaussian" in err and "-o" in err and "--overwrite" in err
+    assert (out / "manifest.json").read_text() == manifest
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == mtimes
+    assert main(a) == 0
+    assert capsys.readouterr().out.count("skipped") == 2
+    assert main(["denoise", str(study), "-o", str(tmp_path / "tv"), "-m", "tv", "--sigma", "5"]) == 0
+    assert main(["denoise", str(study), "-o", str(out), "-m", "tv", "--sigma", "5", "--overwrite"]) == 0
+    records = json.loads((out / "manifest.json").read_text())["records"]
+    assert [r["method"] for r in records] == ["tv", "tv"] and all(r["status"] == "ok" for r in records)

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from medden.denoisers.registry import DenoiserSpec, Param, default_method, get_method, list_methods, register
-from medden.errors import ParameterError
+from medden.denoisers.registry import (Denoised, DenoiserSpec, Param, default_method, explain_auto, get_method,
+                                       list_methods, register)
+from medden.errors import InputError, ParameterError
 from medden.inference import resolve_device
-from medden.noise.estimate import estimate_noise
+from medden.noise.estimate import NoiseEstimate, as_noise, estimate_noise
 from medden.volume import Volume
 
 # One import line per family registers its methods.
@@ -18,8 +19,13 @@ from medden.denoisers import block_matching  # noqa: E402,F401
 from medden.denoisers import deep  # noqa: E402,F401
 from medden.denoisers import diffusion  # noqa: E402,F401
 
-__all__ = ["denoise", "list_methods", "get_method", "default_method", "register", "Param", "DenoiserSpec",
-           "estimate_sigma"]
+__all__ = ["denoise", "list_methods", "get_method", "default_method", "explain_auto", "register", "Param",
+           "DenoiserSpec", "Denoised", "estimate_sigma", "noise_of"]
+
+#: Voxel magnitudes above this overflow the squares and sums of float32 arithmetic inside the methods.
+MAX_ABS_VALUE = 1e15
+#: A given sigma above this multiple of the data's range is not a noise level of these data.
+MAX_SIGMA_PER_RANGE = 100.0
 
 
 def estimate_sigma(volume: Volume) -> float:
@@ -27,22 +33,54 @@ def estimate_sigma(volume: Volume) -> float:
     return float(estimate_noise(volume).sigma)
 
 
-def denoise(volume: Volume, method: str = "auto", sigma: float | str = "auto", device: str = "auto",
-            **params: Any) -> Volume:
+def noise_of(volume: Volume, sigma: Any = "auto") -> NoiseEstimate:
+    """The :class:`~medden.noise.estimate.NoiseEstimate` a denoiser receives: estimated by modality for ``"auto"``,
+    else the given level (a number in the volume's units, a noise map, or a NoiseEstimate), checked against the data:
+    a level far above the data's range is refused as non-physical."""
+    if isinstance(sigma, str):
+        if sigma.strip().lower() != "auto":
+            raise ParameterError(f"sigma must be 'auto' or a number, got {sigma!r}")
+        return estimate_noise(volume)
+    noise = as_noise(sigma)
+    if noise.noise_map is not None and noise.noise_map.shape != volume.shape:
+        raise ParameterError(f"noise map shape {noise.noise_map.shape} differs from the volume's {volume.shape}")
+    span = max(float(np.ptp(volume.data)), float(np.abs(volume.data).max()))
+    if span > 0 and noise.sigma > MAX_SIGMA_PER_RANGE * span:
+        raise ParameterError(f"sigma {noise.sigma:.4g} is not a noise level of these data: more than "
+                             f"{MAX_SIGMA_PER_RANGE:g}× their range ({span:.4g}); give it in the volume's units")
+    return noise
+
+
+def _check_volume(volume: Volume) -> None:
+    if not isinstance(volume, Volume):
+        raise InputError(f"denoise needs a medden Volume, got {type(volume).__name__}")
+    peak = float(np.abs(volume.data).max()) if volume.data.size else 0.0
+    if peak > MAX_ABS_VALUE:
+        raise InputError(f"voxel values up to {peak:.3g} are too large to denoise in float32 arithmetic (limit "
+                         f"{MAX_ABS_VALUE:.0e}): rescale the data first")
+
+
+def denoise(volume: Volume, method: str = "auto", sigma: Any = "auto", device: str = "auto",
+            return_std: bool = False, progress: Callable[[int, int], None] | None = None, **params: Any):
     """Denoise a volume with a registered method and return a new volume with the same geometry.
 
     Parameters
     ----------
     volume : the scan to denoise.
-    method : a registry name (see :func:`list_methods`) or ``"auto"`` for the best available method suiting the
-        volume's modality.
-    sigma : noise standard deviation in the volume's units (HU for CT), or ``"auto"`` to estimate it.
+    method : a registry name (see :func:`list_methods`) or ``"auto"``: the best-ranked available, permissively
+        licensed method for the volume's modality (:func:`explain_auto` says which and why).
+    sigma : noise standard deviation in the volume's units (HU for CT), a noise map of the volume's shape, a
+        :class:`~medden.noise.estimate.NoiseEstimate`, or ``"auto"`` to estimate it.
     device : ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; used by methods that can run on a GPU.
-    **params : method parameters (see ``medden methods``); unknown names raise :class:`ParameterError`.
+    return_std : also return the per-voxel standard deviation of the estimate's error as a second volume (None for
+        methods that give none, e.g. every method but ``diffusion``).
+    progress : called as ``progress(done, total)`` by methods that report progress.
+    **params : method parameters (see ``medden methods``); unknown names or bad values raise
+        :class:`ParameterError`.
 
     Returns
     -------
-    Volume
+    Volume, or (Volume, Volume or None) with ``return_std``
         Same shape, affine and metadata; ``meta['denoise']`` records method, parameters, sigma and seconds, and a
         line is added to ``history``.
 
@@ -55,33 +93,50 @@ def denoise(volume: Volume, method: str = "auto", sigma: float | str = "auto", d
     >>> bool(out.data.std() < v.data.std())
     True
     """
+    _check_volume(volume)
     spec = default_method(volume.modality) if method in (None, "auto") else get_method(method)
     resolved = spec.resolve_params(params)
     dev = resolve_device(device) if spec.gpu else "cpu"
-    extra: dict[str, Any] = {}
-    if isinstance(sigma, str):
-        if sigma.strip().lower() != "auto":
-            raise ParameterError(f"sigma must be 'auto' or a number, got {sigma!r}")
-        estimate = estimate_noise(volume)
-        sigma_value, sigma_source = float(estimate.sigma), f"estimated ({estimate.method})"
-        if spec.uses_noise_estimate:
-            extra["noise"] = estimate
-    else:
-        sigma_value, sigma_source = float(sigma), "given"
-        if not np.isfinite(sigma_value) or sigma_value < 0:
-            raise ParameterError(f"sigma must be a finite number ≥ 0, got {sigma!r}")
-    if spec.uses_modality:
-        extra["modality"] = volume.modality
+    noise = noise_of(volume, sigma)
     start = time.perf_counter()
-    out = spec.fn(volume.data, sigma_value, spacing=volume.spacing, device=dev, **extra, **resolved)
+    result = spec.fn(volume.data, noise, spacing=volume.spacing, modality=volume.modality, device=dev,
+                     progress=progress, **resolved)
     seconds = time.perf_counter() - start
-    out = np.asarray(out, dtype=np.float32)
+    if not isinstance(result, Denoised):
+        raise TypeError(f"denoiser {spec.name} returned {type(result).__name__}, not medden.denoisers.Denoised")
+    mean = _checked(spec, result.mean, volume)
+    record = {"method": spec.name, "params": resolved, "sigma": noise.sigma, "sigma_source": noise.source,
+              "device": dev, "seconds": round(seconds, 3), **result.record}
+    shown = ", ".join(f"{k}={v}" for k, v in resolved.items())
+    step = f"denoised with medden {spec.name} (sigma={noise.sigma:.4g} {noise.source}{', ' + shown if shown else ''})"
+    out = volume.with_data(mean, step=step, denoise=record)
+    if not return_std:
+        return out
+    return out, (None if result.std is None else _std_volume(out, _checked(spec, result.std, volume)))
+
+
+def _checked(spec: DenoiserSpec, array, volume: Volume) -> np.ndarray:
+    out = np.asarray(array, dtype=np.float32)
     if out.shape != volume.shape:
         raise RuntimeError(f"denoiser {spec.name} returned shape {out.shape} for input {volume.shape}")
-    record = {"method": spec.name, "params": resolved, "sigma": sigma_value, "sigma_source": sigma_source,
-              "device": dev, "seconds": round(seconds, 3)}
-    if "noise" in extra and extra["noise"].nps is not None:
-        record["noise_psd"] = "CT noise power spectrum estimated from the scan"
-    shown = ", ".join(f"{k}={v}" for k, v in resolved.items())
-    step = f"denoised with medden {spec.name} (sigma={sigma_value:.4g} {sigma_source}{', ' + shown if shown else ''})"
-    return volume.with_data(out, step=step, denoise=record)
+    if not np.isfinite(out).all():
+        raise InputError(f"denoiser {spec.name} produced non-finite values on this volume (values up to "
+                         f"{float(np.abs(volume.data).max()):.3g}): rescale the data or give a smaller sigma")
+    return out
+
+
+def _std_volume(mean: Volume, std: np.ndarray) -> Volume:
+    """The standard deviation map as a volume of ``mean``'s geometry and units, always stored as float32."""
+    import dataclasses
+
+    rec = mean.meta["denoise"]
+    samples = rec["params"].get("samples")
+    step = (f"posterior standard deviation of medden {rec['method']} "
+            f"({f'{samples} samples, ' if samples else ''}sigma={rec['sigma']:.4g})")
+    std_vol = mean.with_data(std, step=step, denoise={**rec, "output": "posterior std"})
+    # a standard deviation of a few units must not be rounded into the source's integer type: NIfTI and ITK outputs
+    # of the map are float32 (DICOM keeps the series' stored type and rescale)
+    meta = {k: v for k, v in std_vol.meta.items() if k not in ("scl_slope", "scl_inter", "stored_pixel_id")}
+    if "stored_dtype" in meta:
+        meta["stored_dtype"] = "float32"
+    return dataclasses.replace(std_vol, meta=meta)

@@ -10,7 +10,7 @@ import importlib.util
 
 import numpy as np
 
-from medden.denoisers.registry import Param, register
+from medden.denoisers.registry import NON_COMMERCIAL, Denoised, Param, register
 from medden.errors import MissingDependencyError
 
 _EXTRA_HINT = ('needs the optional "bm" extra (BM3D/BM4D, free for non-commercial use only): '
@@ -31,7 +31,7 @@ def _require(module: str):
     return imported
 
 
-def _normalise(data: np.ndarray, sigma, noise, shape) -> tuple[np.ndarray, float, float, object]:
+def _normalise(data: np.ndarray, noise, shape) -> tuple[np.ndarray, float, float, object]:
     """Map the data to roughly [0, 1] (the packages' parameters are tuned for that range) and scale the noise alike.
 
     The noise is the packages' ``sigma_psd``: a white standard deviation, or — when ``noise`` (a
@@ -40,44 +40,54 @@ def _normalise(data: np.ndarray, sigma, noise, shape) -> tuple[np.ndarray, float
     """
     lo, hi = np.percentile(data, [0.1, 99.9])
     scale = float(hi - lo) or 1.0
-    if noise is not None and noise.nps is not None:
+    if noise.nps is not None:
         return ((data - lo) / scale).astype(np.float32), float(lo), scale, noise.sigma_psd(shape) / scale ** 2
-    return ((data - lo) / scale).astype(np.float32), float(lo), scale, _scalar(sigma) / scale
+    return ((data - lo) / scale).astype(np.float32), float(lo), scale, float(noise.sigma) / scale
 
 
-def _scalar(sigma) -> float:
-    return float(np.median(sigma)) if np.ndim(sigma) else float(sigma)
+def _psd_record(noise) -> dict:
+    return {"noise_psd": "CT noise power spectrum estimated from the scan"} if noise.nps is not None else {}
 
 
-@register("bm4d", family="block matching", quality_rank=10, extra="bm", availability=_installed("bm4d"),
-          uses_noise_estimate=True,
+def _magnitude(out: np.ndarray, data: np.ndarray, modality: str) -> np.ndarray:
+    """MR magnitude data stay non-negative: the filters' ringing can dip below 0 next to a zero background."""
+    if modality == "MR" and float(data.min()) >= 0:
+        np.maximum(out, 0, out=out)
+    return out
+
+
+@register("bm4d", family="block matching", extra="bm", availability=_installed("bm4d"), licence=NON_COMMERCIAL,
           summary="BM4D: 3D block matching with collaborative filtering (reference implementation)",
           params=(Param("profile", "np", "", "BM4D profile", choices=("np", "refilter")),))
-def bm4d(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", profile="np", noise=None) -> np.ndarray:
+def bm4d(data: np.ndarray, noise, *, spacing=(1.0, 1.0, 1.0), modality="OT", device="cpu", progress=None,
+         profile="np") -> Denoised:
     """BM4D on the whole volume, with white noise ``sigma`` or, for CT with ``sigma='auto'``, the estimated noise
     power spectrum (FBP noise is correlated: a white σ would leave its texture)."""
     module = _require("bm4d")
-    x, lo, scale, s = _normalise(data, sigma, noise, data.shape)
+    x, lo, scale, s = _normalise(data, noise, data.shape)
     if np.ndim(s) == 0 and s <= 0:
-        return data.copy()
+        return Denoised(data.copy())
     out = module.bm4d(x, s, profile=profile)
-    return (np.asarray(out, dtype=np.float32).reshape(data.shape) * scale + lo).astype(np.float32)
+    out = (np.asarray(out, dtype=np.float32).reshape(data.shape) * scale + lo).astype(np.float32)
+    return Denoised(_magnitude(out, data, modality), record=_psd_record(noise))
 
 
-@register("bm3d", family="block matching", quality_rank=20, extra="bm", availability=_installed("bm3d"),
-          uses_noise_estimate=True,
+@register("bm3d", family="block matching", extra="bm", availability=_installed("bm3d"), licence=NON_COMMERCIAL,
           summary="BM3D on each axial slice (reference implementation)",
           params=(Param("profile", "np", "", "BM3D profile", choices=("np", "refilter", "vn", "high", "deb")),))
-def bm3d(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", profile="np", noise=None) -> np.ndarray:
+def bm3d(data: np.ndarray, noise, *, spacing=(1.0, 1.0, 1.0), modality="OT", device="cpu", progress=None,
+         profile="np") -> Denoised:
     """BM3D applied slice by slice along the third (usually axial) axis; for CT with ``sigma='auto'`` each slice
     gets the estimated axial noise power spectrum."""
     module = _require("bm3d")
-    if noise is not None and getattr(noise, "axial_axis", 2) != 2:
-        noise = None  # the NPS describes other planes than the slices BM3D filters: use the white level
-    x, lo, scale, s = _normalise(data, sigma, noise, data.shape[:2])
+    if noise.axial_axis != 2:
+        noise = noise.white()  # the NPS describes other planes than the slices BM3D filters: use the white level
+    x, lo, scale, s = _normalise(data, noise, data.shape[:2])
     if np.ndim(s) == 0 and s <= 0:
-        return data.copy()
+        return Denoised(data.copy())
     out = np.empty_like(x)
     for k in range(x.shape[2]):
         out[:, :, k] = module.bm3d(x[:, :, k], s, profile=profile)
-    return (out * scale + lo).astype(np.float32)
+        if progress is not None:
+            progress(k + 1, x.shape[2])
+    return Denoised(_magnitude((out * scale + lo).astype(np.float32), data, modality), record=_psd_record(noise))

@@ -1,35 +1,36 @@
 """Classical denoisers: Gaussian smoothing (width chosen by SURE), 3D total variation (spacing-aware, Chambolle–Pock
 on CPU or GPU), 3D non-local means and wavelet shrinkage.
 
-All take ``(data, sigma, *, spacing, device, **params)`` with ``data`` a 3D float32 array in physical units and
-``sigma`` the noise standard deviation in the same units, and return an array of the same shape.
+All follow the registry's convention (:mod:`medden.denoisers.registry`): ``(data, noise, *, spacing, modality,
+device, progress, **params) -> Denoised`` with ``data`` a 3D float32 array in physical units and ``noise`` a
+:class:`~medden.noise.estimate.NoiseEstimate` whose global ``sigma`` (same units) they use.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from medden.denoisers.registry import Param, register
+from medden.denoisers.registry import Denoised, Param, register
 
 
-def _scalar_sigma(sigma) -> float:
-    """A noise map is reduced to its median for methods that take one global level."""
-    return float(np.median(sigma)) if np.ndim(sigma) else float(sigma)
-
-
-@register("gaussian", family="classical", quality_rank=60,
+@register("gaussian", family="classical",
           summary="Gaussian smoothing; width chosen by Stein's unbiased risk estimate unless given",
-          params=(Param("fwhm_mm", None, "mm", "full width at half maximum; None = chosen by SURE from sigma"),),
+          params=(Param("fwhm_mm", None, "mm", "full width at half maximum; None = chosen by SURE from sigma",
+                        minimum=0.0),),
           gpu=False)
-def gaussian(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", fwhm_mm=None) -> np.ndarray:
+def gaussian(data: np.ndarray, noise, *, spacing=(1.0, 1.0, 1.0), modality="OT", device="cpu", progress=None,
+             fwhm_mm=None) -> Denoised:
     """Gaussian filter. Without ``fwhm_mm`` the width minimises SURE (Stein 1981) for additive white noise of
     standard deviation ``sigma``: ``‖y − Hy‖² − Nσ² + 2σ² tr(H)``, with ``tr(H) = N·h(0)``."""
+    return Denoised(_gaussian(data, noise.sigma, spacing, fwhm_mm))
+
+
+def _gaussian(data: np.ndarray, s: float, spacing, fwhm_mm) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
     spacing = np.asarray(spacing, dtype=float)
     fwhm_to_sd = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     if fwhm_mm is not None:
         return gaussian_filter(data, fwhm_mm * fwhm_to_sd / spacing).astype(np.float32)
-    s = _scalar_sigma(sigma)
     if s <= 0:
         return data.copy()
     best, best_risk = data.copy(), data.size * s ** 2  # the identity filter: ‖0‖² − Nσ² + 2σ²N
@@ -51,16 +52,21 @@ def _centre_weight(sd: float, truncate: float = 4.0) -> float:
     return float(w[radius] / w.sum())
 
 
-@register("tv", family="classical", quality_rank=40, gpu=True,
+@register("tv", family="classical", gpu=True,
           summary="3D total-variation denoising (Chambolle–Pock), gradient in mm so anisotropic voxels are handled",
-          params=(Param("weight", 1.0, "× sigma·mm", "regularisation λ = weight · sigma · (smallest spacing)"),
-                  Param("iterations", 100, "", "primal-dual iterations")))
-def tv(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", weight=1.0, iterations=100) -> np.ndarray:
+          params=(Param("weight", 1.0, "× sigma·mm", "regularisation λ = weight · sigma · (smallest spacing)",
+                        minimum=0.0),
+                  Param("iterations", 100, "", "primal-dual iterations", minimum=0, maximum=100_000)))
+def tv(data: np.ndarray, noise, *, spacing=(1.0, 1.0, 1.0), modality="OT", device="cpu", progress=None, weight=1.0,
+       iterations=100) -> Denoised:
     """Solve ``min_u ½‖u − f‖² + λ Σ |∇u|`` (isotropic TV, forward differences divided by the voxel size in mm)
     with the Chambolle–Pock primal-dual algorithm (J. Math. Imaging Vis. 2011), in torch on ``device``."""
+    return Denoised(_tv(data, noise.sigma, spacing, device, weight, iterations))
+
+
+def _tv(data: np.ndarray, s: float, spacing, device: str, weight: float, iterations: int) -> np.ndarray:
     import torch
 
-    s = _scalar_sigma(sigma)
     if s <= 0:
         return data.copy()
     h = torch.tensor(spacing, dtype=torch.float32, device=device)
@@ -101,39 +107,49 @@ def tv(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", weight
     return u.cpu().numpy().astype(np.float32)
 
 
-@register("nlm", family="classical", quality_rank=35,
+@register("nlm", family="classical",
           summary="3D non-local means (scikit-image, fast mode)",
-          params=(Param("patch_size", 3, "voxels", "side of the compared patches"),
-                  Param("patch_distance", 3, "voxels", "search radius"),
-                  Param("h", 0.8, "× sigma", "filtering strength relative to sigma")))
-def nlm(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", patch_size=3, patch_distance=3,
-        h=0.8) -> np.ndarray:
+          params=(Param("patch_size", 3, "voxels", "side of the compared patches", minimum=1, maximum=15),
+                  Param("patch_distance", 3, "voxels", "search radius", minimum=1, maximum=15),
+                  Param("h", 0.8, "× sigma", "filtering strength relative to sigma", minimum=0.0)))
+def nlm(data: np.ndarray, noise, *, spacing=(1.0, 1.0, 1.0), modality="OT", device="cpu", progress=None,
+        patch_size=3, patch_distance=3, h=0.8) -> Denoised:
     """Non-local means (Buades et al. 2005) in 3D, with the noise-variance-corrected weights of scikit-image."""
     from skimage.restoration import denoise_nl_means
 
-    s = _scalar_sigma(sigma)
+    s = float(noise.sigma)
     if s <= 0:
-        return data.copy()
+        return Denoised(data.copy())
+    if min(data.shape) < patch_size:
+        from medden.errors import ParameterError
+
+        raise ParameterError(f"the volume ({'×'.join(map(str, data.shape))} voxels) is smaller than nlm's "
+                             f"{patch_size}-voxel patches along an axis")
     out = denoise_nl_means(data, patch_size=int(patch_size), patch_distance=int(patch_distance), h=h * s, sigma=s,
                            fast_mode=True, channel_axis=None, preserve_range=True)
-    return out.astype(np.float32)
+    return Denoised(out.astype(np.float32))
 
 
-@register("wavelet", family="classical", quality_rank=30,
+@register("wavelet", family="classical",
           summary="3D wavelet shrinkage (BayesShrink, soft thresholds, db2)",
           params=(Param("wavelet", "db2", "", "PyWavelets wavelet name"),
                   Param("mode", "soft", "", "thresholding", choices=("soft", "hard")),
-                  Param("levels", 3, "", "decomposition levels")))
-def wavelet(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", wavelet="db2", mode="soft",
-            levels=3) -> np.ndarray:
+                  Param("levels", 3, "", "decomposition levels", minimum=1, maximum=16)))
+def wavelet(data: np.ndarray, noise, *, spacing=(1.0, 1.0, 1.0), modality="OT", device="cpu", progress=None,
+            wavelet="db2", mode="soft", levels=3) -> Denoised:
     """Subband-adaptive BayesShrink (Chang, Yu & Vetterli 2000) on a 3D discrete wavelet transform."""
     import pywt
     from skimage.restoration import denoise_wavelet
 
-    s = _scalar_sigma(sigma)
+    s = float(noise.sigma)
     if s <= 0:
-        return data.copy()
+        return Denoised(data.copy())
+    if wavelet not in pywt.wavelist(kind="discrete"):
+        from medden.errors import ParameterError
+
+        raise ParameterError(f"parameter 'wavelet' must be a discrete PyWavelets wavelet (e.g. db2, haar, sym4), "
+                             f"got {wavelet!r}")
     levels = max(1, min(int(levels), pywt.dwtn_max_level(data.shape, wavelet)))
     out = denoise_wavelet(data, sigma=s, wavelet=wavelet, mode=mode, wavelet_levels=levels, method="BayesShrink",
                           rescale_sigma=False, channel_axis=None)
-    return out.astype(np.float32)
+    return Denoised(out.astype(np.float32))

@@ -13,25 +13,26 @@ from pathlib import Path
 
 import numpy as np
 
-from medden.denoisers.registry import Param, register
+from medden.denoisers.registry import Denoised, Param, register
 
-#: Ranked by measured quality: the shipped models are 1–3 dB below BM4D on held-out MR (benchmarks/bench_deep.py), so
-#: they come after bm4d (10) and before bm3d (20): the default wherever the optional BM4D extra is not installed.
-#: Set below 10 once a model beats BM4D.
-QUALITY_RANK = 15
+# Where the shipped models rank against the other methods is data, not code: medden/denoisers/ranking.json (from
+# benchmarks/bench_deep.py; deep-mr is 1.2 dB below BM4D on held-out MR, above NLM). Editing the ranks there makes a
+# model the ``auto`` choice once it beats the others.
 
 _PARAMS = (
     Param("weights", "", "", "a weights file (.safetensors with its .json card); empty = the shipped model"),
-    Param("overlap", 0.125, "", "fraction of a sliding window shared with its neighbour (Gaussian-blended)"),
+    Param("overlap", 0.125, "", "fraction of a sliding window shared with its neighbour (Gaussian-blended)",
+          minimum=0.0, maximum=0.95),
     Param("precision", "auto", "", "autocast precision", choices=("auto", "fp32", "bf16", "fp16")),
     Param("fidelity_mm", None, "mm", "local-mean fidelity scale (medden.denoisers.fidelity): the input's local means "
-          "at scales above it are kept; 0 = off; none = the value tuned on validation data and recorded on the card"),
+          "at scales above it are kept; 0 = off; none = the value tuned on validation data and recorded on the card",
+          minimum=0.0),
 )
 
 
 def _shipped_available(name: str):
     def check() -> bool:
-        from medden.models import shipped_path
+        from medden.models.card import shipped_path
 
         p = shipped_path(name)
         return p.is_file() and p.with_suffix(".json").is_file()
@@ -39,24 +40,20 @@ def _shipped_available(name: str):
     return check
 
 
+def _shipped_licence(name: str):
+    def licence() -> str:
+        from medden.models.card import card_licence, shipped_path
+
+        return card_licence(shipped_path(name))
+
+    return licence
+
+
 @lru_cache(maxsize=4)
 def _cached_model(path: str, mtime: float, device: str):
     from medden.models import load_model
 
     return load_model(path, device=device)
-
-
-def normalisation_scale(data: np.ndarray, card) -> tuple[float, float]:
-    """``(offset, scale)`` mapping ``data`` to the network's units, ``(data − offset) / scale``."""
-    norm = card.normalisation
-    if norm.kind == "fixed":
-        return float(norm.offset), float(norm.scale)
-    flat = data.reshape(-1)
-    if flat.size > 4_000_000:  # a strided subsample gives the same percentile well within 1 %
-        flat = flat[:: flat.size // 2_000_000]
-    nonzero = flat[flat != 0]
-    scale = float(np.percentile(np.abs(nonzero), norm.percentile)) if nonzero.size else 1.0
-    return 0.0, scale if scale > 0 else 1.0
 
 
 def card_fidelity(card) -> dict:
@@ -86,13 +83,12 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
     net, card = _cached_model(str(path.resolve()), path.stat().st_mtime, device)
     if np.ndim(sigma) == 0 and float(sigma) <= 0:
         return np.asarray(data, dtype=np.float32).copy()
-    offset, scale = normalisation_scale(data, card)
-    x = (np.asarray(data, dtype=np.float32) - offset) / scale
-    s = np.asarray(sigma, dtype=np.float32) / scale if np.ndim(sigma) else float(sigma) / scale
+    norm = card.normalisation.fitted(data)
+    x = norm.apply(np.asarray(data, dtype=np.float32))
+    s = norm.apply_sigma(np.asarray(sigma, dtype=np.float32) if np.ndim(sigma) else float(sigma))
     out = sliding_window(net, x, s, device=device, overlap=overlap, precision=precision)
     del x
-    out *= scale
-    out += offset
+    out = norm.invert(out)
     fid = card_fidelity(card)
     if fidelity_mm is not None:
         fid["scale_mm"] = float(fidelity_mm)
@@ -103,23 +99,23 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
 
 
 def _deep(name: str):
-    def fn(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device="cpu", weights="", overlap=0.125,
-           precision="auto", fidelity_mm=None) -> np.ndarray:
-        from medden.models import shipped_path
+    def fn(data: np.ndarray, noise, *, spacing=(1.0, 1.0, 1.0), modality="OT", device="cpu", progress=None,
+           weights="", overlap=0.125, precision="auto", fidelity_mm=None) -> Denoised:
+        from medden.models.card import shipped_path
 
-        return run_model(data, sigma, weights or shipped_path(name), device=device, overlap=overlap,
-                         precision=precision, spacing=spacing, fidelity_mm=fidelity_mm)
+        return Denoised(run_model(data, noise.sigma, weights or shipped_path(name), device=device, overlap=overlap,
+                                  precision=precision, spacing=spacing, fidelity_mm=fidelity_mm))
 
     fn.__name__ = name.replace("-", "_")
     fn.__doc__ = f"The shipped {name} model (see ``medden/models/weights/``) over the whole volume."
     return fn
 
 
-deep_mr = register("deep-mr", family="deep", quality_rank=QUALITY_RANK, gpu=True, modalities=("MR",),
+deep_mr = register("deep-mr", family="deep", gpu=True, modalities=("MR",), licence=_shipped_licence("deep-mr"),
                    availability=_shipped_available("deep-mr"), params=_PARAMS,
                    summary="3D U-Net conditioned on the noise level, trained for MR magnitude (Rician) noise"
                    )(_deep("deep-mr"))
-deep_ct = register("deep-ct", family="deep", quality_rank=QUALITY_RANK, gpu=True, modalities=("CT",),
+deep_ct = register("deep-ct", family="deep", gpu=True, modalities=("CT",), licence=_shipped_licence("deep-ct"),
                    availability=_shipped_available("deep-ct"), params=_PARAMS,
                    summary="3D U-Net conditioned on the noise level, trained for low-dose CT (projection-domain noise)"
                    )(_deep("deep-ct"))

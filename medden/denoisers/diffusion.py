@@ -52,7 +52,6 @@ by ``2·margin`` slices and are blended with linear ramps, so memory is bounded 
 """
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import math
 from functools import lru_cache
@@ -61,7 +60,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medden.denoisers.registry import Param, register
+from medden.conventions import slice_axis  # noqa: F401  (re-exported: medden.denoisers.diffusion.slice_axis)
+from medden.denoisers.registry import Denoised, Param, register
 from medden.errors import ParameterError
 
 Progress = Callable[[int, int], None]
@@ -70,11 +70,10 @@ Progress = Callable[[int, int], None]
 BYTES_PER_SLAB_VOXEL = 48
 #: Bytes of network activations per slice pixel per slice in a batch (16-channel 2D U-Net, measured order, headroom).
 BYTES_PER_SLICE_PIXEL = 1200
-
-# Set by :func:`posterior_volume` around its :func:`medden.denoise` call so the registered function hands back the
-# standard deviation and reports progress without a second calling convention.
-_CAPTURE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("medden_diffusion_capture", default=None)
-
+#: The most posterior samples one call may draw: each costs a full reverse-diffusion run, and the mean's Monte-Carlo
+#: error (σ_post/√n) is already negligible at a few dozen.
+MAX_SAMPLES = 256
+LIKELIHOODS = ("auto", "gaussian", "rician", "poisson")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the prior and the units
@@ -87,30 +86,15 @@ def _cached_prior(path: str, mtime: float, device: str):
 
 
 def _normalisation(data: np.ndarray, card, override=None) -> tuple[float, float]:
-    """``(offset, scale)`` so that ``z = 2·(x − offset)/scale − 1`` puts the data in the prior's ``[-1, 1]`` units.
+    """``(offset, scale)`` so that ``z = 2·(x − offset)/scale − 1`` puts the data in the prior's ``[-1, 1]`` units:
+    the card's :class:`~medden.models.Normalisation` (or ``override``; without either, the 99.9th percentile) fitted
+    to the data. Data with negative values (CT in HU) under a percentile card are shifted so the minimum (air,
+    bounded at −1024 HU) maps to −1."""
+    from medden.models.card import MR_NORMALISATION
 
-    Percentile normalisation (MR): offset 0, scale the 99.9th percentile of the non-zero voxels (a zero background
-    maps to −1). Data with negative values (CT in HU) under a percentile card are shifted so the minimum (air,
-    bounded at −1024 HU) maps to −1. A ``fixed`` card gives offset and scale directly."""
-    norm = override if override is not None else getattr(card, "normalisation", None)
-    if norm is not None and norm.kind == "fixed":
-        return float(norm.offset), float(norm.scale)
-    q = norm.percentile if norm is not None else 99.9
-    flat = data.reshape(-1)
-    if flat.size > 4_000_000:
-        flat = flat[:: flat.size // 2_000_000]
-    lowest = float(flat.min())
-    offset = 0.0 if lowest >= 0 else max(lowest, -1024.0)
-    shifted = np.abs(flat - offset)
-    nonzero = shifted[shifted != 0]
-    scale = float(np.percentile(nonzero, q)) if nonzero.size else 1.0
-    return offset, scale if scale > 0 else 1.0
-
-
-def slice_axis(spacing) -> int:
-    """The axis sampled slice by slice: the coarsest-spacing one when it is > 1.2× the finest, else the last."""
-    sp = np.asarray(spacing if spacing is not None else (1.0, 1.0, 1.0), dtype=float)
-    return int(np.argmax(sp)) if sp.max() > 1.2 * sp.min() else 2
+    norm = override if override is not None else getattr(card, "normalisation", None) or MR_NORMALISATION
+    fitted = norm.fitted(data, shift_negative=True)
+    return float(fitted.offset), float(fitted.scale)
 
 
 def _timesteps(t_star: int, steps: int) -> list[int]:
@@ -271,67 +255,21 @@ def posterior(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str =
     """
     import torch
 
-    from medden.inference import autocast_dtype, free_memory
+    from medden.inference import autocast_dtype
     from medden.models.diffusion import t_for_sigma
 
     x = np.asarray(data, dtype=np.float32)
-    if x.ndim != 3:
-        raise ParameterError(f"diffusion denoising needs a 3D volume, got shape {x.shape}")
-    if int(samples) != samples or samples < 1:
-        raise ParameterError(f"samples must be a positive integer, got {samples}")
-    if int(steps) != steps or steps < 1:
-        raise ParameterError(f"steps must be a positive integer, got {steps}")
-    if not guidance >= 0:
-        raise ParameterError(f"guidance must be >= 0 (0: the prior card's tuned value), got {guidance}")
-    if not 0 <= stochasticity <= 1:
-        raise ParameterError(f"stochasticity must be in [0, 1], got {stochasticity}")
-    if likelihood not in ("auto", "gaussian", "rician", "poisson"):
-        raise ParameterError(f"likelihood must be auto, gaussian, rician or poisson, got {likelihood!r}")
+    _check_arguments(x, sigma, samples=samples, steps=steps, guidance=guidance, stochasticity=stochasticity,
+                     likelihood=likelihood)
+    net, card = _load_prior(prior, weights, modality, device)
     noise_map = np.ndim(sigma) == 3
-    if noise_map and np.shape(sigma) != x.shape:
-        raise ParameterError(f"noise map shape {np.shape(sigma)} differs from the data's {x.shape}")
-    if prior is not None:
-        net, card = prior.to(device).eval(), None
-    else:
-        from medden.models.diffusion import shipped_prior_path
-
-        path = Path(weights) if weights else shipped_prior_path(modality)
-        if path.is_file():
-            net, card = _cached_prior(str(path.resolve()), path.stat().st_mtime, device)
-        else:
-            net, card = _cached_prior(str(path), 0.0, device)  # raises the clear ModelError
     sig_global = float(np.median(sigma)) if noise_map else float(sigma)
     if not np.isfinite(sig_global) or sig_global < 0:
         raise ParameterError(f"sigma must be a finite number ≥ 0, got {sig_global}")
     if sig_global == 0 or x.size == 0:
         return x.copy(), np.zeros_like(x)
-
-    kind = likelihood
-    if kind == "auto":
-        kind = "rician" if float(x.min()) >= 0 else "gaussian"
-    if kind == "rician" and noise_map:
-        raise ParameterError("the Rician likelihood takes one sigma, not a noise map")
-    if kind == "rician" and float(x.min()) < 0:
-        raise ParameterError("the Rician likelihood needs non-negative magnitude data")
-    sigma_arr = sigma
-    if kind == "gaussian" and not noise_map and noise is not None and getattr(noise, "noise_map", None) is not None:
-        sigma_arr, noise_map = np.asarray(noise.noise_map, dtype=np.float32), True  # CT: weighted Gaussian
-    poisson_ab = None
-    if kind == "poisson":
-        from medden.errors import InputError
-        from medden.noise.estimate import poisson_gaussian_params
-
-        try:
-            a, b = poisson_gaussian_params(x, mask=x > 0)
-            poisson_ab = (max(a, 1e-12), max(b, 0.0))
-        except InputError:  # too little structure to fit a line: fall back to the Gaussian form with sigma
-            kind = "gaussian"
-
-    tuned = (card.noise.get("sampler", {}) if card is not None and isinstance(card.noise, dict) else {})
-    if not guidance:  # 0: the λ tuned on validation data and recorded on the card
-        guidance = float(tuned.get("guidance", 1.0))
-    std_scale = float(tuned.get("uncertainty_scale", 1.0)) if calibrated else 1.0
-    std_floor = float(tuned.get("uncertainty_floor", 0.0)) if calibrated else 0.0
+    lik_kind, sigma_arr, poisson_ab = _choose_likelihood(likelihood, x, sigma, noise)
+    guidance, std_scale, std_floor = _sampler_settings(card, guidance, calibrated)
     offset, scale = _normalisation(x, card, normalisation)
     to_net = 2.0 / scale
     sig_net = sig_global * to_net
@@ -343,20 +281,141 @@ def posterior(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str =
 
     axis = slice_axis(spacing)
     xs = np.moveaxis(x, axis, 0)  # slice axis first
-    smap = np.moveaxis(np.asarray(sigma_arr, dtype=np.float32), axis, 0) if noise_map else None
-    nz, h, w = xs.shape
-    gpu = device.startswith("cuda")
-    budget = 0.5 * free_memory(device) if gpu else min(1.5e9, 0.4 * free_memory(device))
-    batch = int(max(1, min(64 if gpu else 16, budget // 2 // max(1, h * w * BYTES_PER_SLICE_PIXEL))))
-    margin = min(nz, max(2, len(ts)))
-    if slab is None:
-        per_slice = h * w * BYTES_PER_SLAB_VOXEL
-        slab = nz if nz * per_slice <= budget / 2 else max(2 * margin + 1, int(budget / 2 // per_slice) - 2 * margin)
-    slab = max(1, int(slab))
-    margin = min(margin, max(1, slab // 2))
-    cores = [(z0, min(nz, z0 + slab)) for z0 in range(0, nz, slab)]
+    smap = np.moveaxis(np.asarray(sigma_arr, dtype=np.float32), axis, 0) if np.ndim(sigma_arr) == 3 else None
+    plan = _SlabPlan.for_volume(xs.shape, n_steps=len(ts), device=device, slab=slab)
     dtype = autocast_dtype(device, precision)
-    total = len(cores) * int(samples) * len(ts)
+    tick = _ticker(progress, total=len(plan.cores) * int(samples) * len(ts))
+    blend = _Blend(xs.shape)
+    with torch.inference_mode():
+        for si, (a, b, z0, z1) in enumerate(plan.windows()):
+            y = (torch.from_numpy(np.ascontiguousarray(xs[a:b])).to(device) - offset) * to_net - 1
+            if smap is not None:
+                var = (torch.from_numpy(np.ascontiguousarray(smap[a:b])).to(device) * to_net) ** 2
+            else:
+                var = torch.full((1, 1, 1), sig_net ** 2, device=device)
+            lik = _Likelihood(lik_kind, y, var, scale=scale, offset=offset, poisson_ab=poisson_ab)
+
+            def draw(k: int):
+                gen = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + si * 10_007 + k)
+                return _sample_slab(net, lik, t_star, ts, generator=gen, lam=float(guidance),
+                                    zeta=float(stochasticity), batch=plan.batch, dtype=dtype, device=device, tick=tick)
+
+            m, std = _moments(draw, int(samples), var, std_scale=std_scale, std_floor=std_floor)
+            blend.add(a, b, z0, z1, mean=(m.cpu().numpy() + 1) / to_net + offset, std=std.cpu().numpy() / to_net)
+            del y, var, lik, m, std
+    mean, std = blend.result()
+    return (np.ascontiguousarray(np.moveaxis(mean, 0, axis)), np.ascontiguousarray(np.moveaxis(std, 0, axis)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the steps of :func:`posterior`
+# ---------------------------------------------------------------------------------------------------------------------
+def _check_arguments(x: np.ndarray, sigma, *, samples, steps, guidance, stochasticity, likelihood) -> None:
+    if x.ndim != 3:
+        raise ParameterError(f"diffusion denoising needs a 3D volume, got shape {x.shape}")
+    if int(samples) != samples or samples < 1:
+        raise ParameterError(f"samples must be a positive integer, got {samples}")
+    if samples > MAX_SAMPLES:
+        raise ParameterError(f"samples must be at most {MAX_SAMPLES} (each sample is a full reverse-diffusion run; "
+                             f"the mean's Monte-Carlo error is negligible long before), got {samples}")
+    if int(steps) != steps or steps < 1:
+        raise ParameterError(f"steps must be a positive integer, got {steps}")
+    if not guidance >= 0:
+        raise ParameterError(f"guidance must be >= 0 (0: the prior card's tuned value), got {guidance}")
+    if not 0 <= stochasticity <= 1:
+        raise ParameterError(f"stochasticity must be in [0, 1], got {stochasticity}")
+    if likelihood not in LIKELIHOODS:
+        raise ParameterError(f"likelihood must be auto, gaussian, rician or poisson, got {likelihood!r}")
+    if np.ndim(sigma) == 3 and np.shape(sigma) != x.shape:
+        raise ParameterError(f"noise map shape {np.shape(sigma)} differs from the data's {x.shape}")
+
+
+def _load_prior(prior, weights, modality: str, device: str):
+    """``(network, card)``: the given ``prior`` (no card), else the weights file, else the modality's shipped prior."""
+    if prior is not None:
+        return prior.to(device).eval(), None
+    from medden.models.diffusion import shipped_prior_path
+
+    path = Path(weights) if weights else shipped_prior_path(modality)
+    if path.is_file():
+        return _cached_prior(str(path.resolve()), path.stat().st_mtime, device)
+    return _cached_prior(str(path), 0.0, device)  # raises the clear ModelError
+
+
+def _choose_likelihood(likelihood: str, x: np.ndarray, sigma, noise) -> tuple[str, Any, tuple | None]:
+    """``(kind, sigma or noise map, Poisson–Gaussian (a, b) or None)`` for the data-consistency step."""
+    noise_map = np.ndim(sigma) == 3
+    kind = likelihood
+    if kind == "auto":
+        kind = "rician" if float(x.min()) >= 0 else "gaussian"
+    if kind == "rician" and noise_map:
+        raise ParameterError("the Rician likelihood takes one sigma, not a noise map")
+    if kind == "rician" and float(x.min()) < 0:
+        raise ParameterError("the Rician likelihood needs non-negative magnitude data")
+    sigma_arr = sigma
+    if kind == "gaussian" and not noise_map and noise is not None and getattr(noise, "noise_map", None) is not None:
+        sigma_arr = np.asarray(noise.noise_map, dtype=np.float32)  # CT: weighted Gaussian
+    poisson_ab = None
+    if kind == "poisson":
+        from medden.errors import InputError
+        from medden.noise.estimate import poisson_gaussian_params
+
+        try:
+            a, b = poisson_gaussian_params(x, mask=x > 0)
+            poisson_ab = (max(a, 1e-12), max(b, 0.0))
+        except InputError:  # too little structure to fit a line: fall back to the Gaussian form with sigma
+            kind = "gaussian"
+    return kind, sigma_arr, poisson_ab
+
+
+def _sampler_settings(card, guidance: float, calibrated: bool) -> tuple[float, float, float]:
+    """``(λ, c, β)``: the data-consistency weight (0: the card's tuned value, 1 without one) and the uncertainty
+    calibration recorded on the prior's card (``c = 1, β = 0`` when not ``calibrated``)."""
+    tuned = (card.noise.get("sampler", {}) if card is not None and isinstance(card.noise, dict) else {})
+    if not guidance:
+        guidance = float(tuned.get("guidance", 1.0))
+    std_scale = float(tuned.get("uncertainty_scale", 1.0)) if calibrated else 1.0
+    std_floor = float(tuned.get("uncertainty_floor", 0.0)) if calibrated else 0.0
+    return guidance, std_scale, std_floor
+
+
+@dataclasses.dataclass(frozen=True)
+class _SlabPlan:
+    """The memory budget's schedule: slabs of ``slab`` slices (cores) along the slice axis, each sampled with
+    ``margin`` extra slices on both sides, ``batch`` slices per network call."""
+
+    n: int
+    cores: tuple[tuple[int, int], ...]
+    margin: int
+    batch: int
+
+    @classmethod
+    def for_volume(cls, shape, *, n_steps: int, device: str, slab: int | None) -> "_SlabPlan":
+        from medden.inference import free_memory
+
+        nz, h, w = shape
+        gpu = device.startswith("cuda")
+        budget = 0.5 * free_memory(device) if gpu else min(1.5e9, 0.4 * free_memory(device))
+        batch = int(max(1, min(64 if gpu else 16, budget // 2 // max(1, h * w * BYTES_PER_SLICE_PIXEL))))
+        margin = min(nz, max(2, n_steps))
+        if slab is None:
+            per_slice = h * w * BYTES_PER_SLAB_VOXEL
+            slab = nz if nz * per_slice <= budget / 2 else max(2 * margin + 1,
+                                                               int(budget / 2 // per_slice) - 2 * margin)
+        slab = max(1, int(slab))
+        margin = min(margin, max(1, slab // 2))
+        return cls(nz, tuple((z0, min(nz, z0 + slab)) for z0 in range(0, nz, slab)), margin, batch)
+
+    def windows(self):
+        """``(a, b, z0, z1)`` per slab: the sampled slices ``[a, b)`` around the core ``[z0, z1)``."""
+        for z0, z1 in self.cores:
+            if len(self.cores) > 1:
+                yield max(0, z0 - self.margin), min(self.n, z1 + self.margin), z0, z1
+            else:
+                yield z0, z1, z0, z1
+
+
+def _ticker(progress: Progress | None, total: int) -> Callable[[], None]:
     done = 0
 
     def tick() -> None:
@@ -365,89 +424,91 @@ def posterior(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str =
         if progress is not None:
             progress(done, total)
 
-    mean_acc = np.zeros(xs.shape, np.float64)
-    var_acc = np.zeros(xs.shape, np.float64)
-    w_acc = np.zeros(nz, np.float64)
-    with torch.inference_mode():
-        for si, (z0, z1) in enumerate(cores):
-            a, b = (max(0, z0 - margin), min(nz, z1 + margin)) if len(cores) > 1 else (z0, z1)
-            y = torch.from_numpy(np.ascontiguousarray(xs[a:b])).to(device)
-            y = (y - offset) * to_net - 1
-            if smap is not None:
-                var = (torch.from_numpy(np.ascontiguousarray(smap[a:b])).to(device) * to_net) ** 2
-            else:
-                var = torch.full((1, 1, 1), sig_net ** 2, device=device)
-            lik = _Likelihood(kind, y, var, scale=scale, offset=offset, poisson_ab=poisson_ab)
-            m = torch.zeros_like(y)
-            m2 = torch.zeros_like(y)
-            for k in range(int(samples)):
-                gen = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + si * 10_007 + k)
-                s = _sample_slab(net, lik, t_star, ts, generator=gen, lam=float(guidance), zeta=float(stochasticity),
-                                 batch=batch, dtype=dtype, device=device, tick=tick)
-                delta = s - m  # Welford's running mean and sum of squared deviations
-                m += delta / (k + 1)
-                m2 += delta * (s - m)
-            n = int(samples)
-            std = (std_scale * torch.sqrt(m2 / (n - 1) * (1 + 1 / n) + std_floor * var) if n > 1
-                   else torch.zeros_like(m))
-            # linear ramps over the overlaps (the two windows' weights sum to 1 there), flat in the core
-            zz = np.arange(a, b, dtype=np.float64)
-            ramp = np.ones(b - a)
-            if a < z0:
-                ramp = np.minimum(ramp, (zz - a + 1) / (2 * (z0 - a) + 1))
-            if b > z1:
-                ramp = np.minimum(ramp, (b - zz) / (2 * (b - z1) + 1))
-            ramp = ramp[:, None, None]
-            mean_acc[a:b] += ramp * ((m.cpu().numpy() + 1) / to_net + offset)
-            var_acc[a:b] += ramp * (std.cpu().numpy() / to_net) ** 2
-            w_acc[a:b] += ramp[:, 0, 0]
-            del y, var, lik, m, m2, std
-    wz = np.maximum(w_acc, 1e-12)[:, None, None]
-    mean = np.moveaxis((mean_acc / wz).astype(np.float32), 0, axis)
-    std = np.moveaxis(np.sqrt(var_acc / wz).astype(np.float32), 0, axis)
-    return np.ascontiguousarray(mean), np.ascontiguousarray(std)
+    return tick
 
 
+def _moments(draw: Callable[[int], Any], n: int, var, *, std_scale: float, std_floor: float):
+    """Mean of ``n`` samples ``draw(k)`` (Welford's running mean) and the calibrated standard deviation of its error,
+    ``c·√(s²·(1 + 1/n) + β·σ²)`` (zero for one sample)."""
+    import torch
+
+    m = m2 = None
+    for k in range(n):
+        s = draw(k)
+        if m is None:
+            m, m2 = torch.zeros_like(s), torch.zeros_like(s)
+        delta = s - m
+        m += delta / (k + 1)
+        m2 += delta * (s - m)
+    std = std_scale * torch.sqrt(m2 / (n - 1) * (1 + 1 / n) + std_floor * var) if n > 1 else torch.zeros_like(m)
+    return m, std
+
+
+class _Blend:
+    """Slabs blended with linear ramps over their overlaps (the two windows' weights sum to 1 there), flat in the
+    core; variances are blended, not standard deviations."""
+
+    def __init__(self, shape) -> None:
+        self.mean = np.zeros(shape, np.float64)
+        self.var = np.zeros(shape, np.float64)
+        self.weight = np.zeros(shape[0], np.float64)
+
+    def add(self, a: int, b: int, z0: int, z1: int, *, mean: np.ndarray, std: np.ndarray) -> None:
+        zz = np.arange(a, b, dtype=np.float64)
+        ramp = np.ones(b - a)
+        if a < z0:
+            ramp = np.minimum(ramp, (zz - a + 1) / (2 * (z0 - a) + 1))
+        if b > z1:
+            ramp = np.minimum(ramp, (b - zz) / (2 * (b - z1) + 1))
+        self.mean[a:b] += ramp[:, None, None] * mean
+        self.var[a:b] += ramp[:, None, None] * std ** 2
+        self.weight[a:b] += ramp
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        wz = np.maximum(self.weight, 1e-12)[:, None, None]
+        return (self.mean / wz).astype(np.float32), np.sqrt(self.var / wz).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the registered method
+# ---------------------------------------------------------------------------------------------------------------------
 def _available() -> bool:
     from medden.models.diffusion import prior_available
 
     return prior_available()
 
 
-@register("diffusion", family="diffusion", quality_rank=90, gpu=True, modalities=("MR", "CT"),
-          availability=_available, uses_noise_estimate=True, uses_modality=True,
-          summary="posterior sampling with a 2.5D diffusion prior (DiffPIR): posterior mean, uncertainty map via "
-                  "medden.denoisers.diffusion.posterior_volume",
-          params=(Param("samples", 8, "", "posterior samples averaged (the uncertainty map needs >= 2)"),
-                  Param("steps", 6, "", "reverse-diffusion steps from the step matching the noise level down to 0"),
-                  Param("seed", 0, "", "seed of every random draw (same seed and device type: same output)"),
-                  Param("likelihood", "auto", "", "noise model of the data-consistency step",
-                        choices=("auto", "gaussian", "rician", "poisson")),
+@register("diffusion", family="diffusion", gpu=True, modalities=("MR", "CT"), availability=_available,
+          summary="posterior sampling with a 2.5D diffusion prior (DiffPIR): posterior mean, and its per-voxel "
+                  "uncertainty with return_std=True (CLI: --uncertainty)",
+          params=(Param("samples", 8, "", "posterior samples averaged (the uncertainty map needs >= 2)", minimum=1,
+                        maximum=MAX_SAMPLES),
+                  Param("steps", 6, "", "reverse-diffusion steps from the step matching the noise level down to 0",
+                        minimum=1, maximum=1000),
+                  Param("seed", 0, "", "seed of every random draw (same seed and device type: same output)",
+                        minimum=0),
+                  Param("likelihood", "auto", "", "noise model of the data-consistency step", choices=LIKELIHOODS),
                   Param("guidance", 0.0, "", "weight λ of the data-consistency step (DiffPIR); 0 = tuned value on the "
-                                             "prior's card"),
+                                             "prior's card; inf = off", minimum=0.0, finite=False),
                   Param("weights", "", "", "a diffusion prior (.safetensors with its .json card); empty = shipped"),
                   Param("precision", "auto", "", "autocast precision", choices=("auto", "fp32", "bf16", "fp16"))))
-def diffusion(data: np.ndarray, sigma, *, spacing=(1.0, 1.0, 1.0), device: str = "cpu", noise=None, samples: int = 8,
-              steps: int = 6, seed: int = 0, likelihood: str = "auto", guidance: float = 0.0, weights: str = "",
-              precision: str = "auto", modality: str = "MR") -> np.ndarray:
-    """The posterior mean of :func:`posterior` (the registry's calling convention: one array back).
-
-    Inside :func:`posterior_volume` the standard deviation is handed back to it and progress is reported."""
-    capture = _CAPTURE.get()
-    mean, std = posterior(data, sigma, spacing=spacing, device=device, samples=samples, steps=steps, seed=seed,
+def diffusion(data: np.ndarray, noise, *, spacing=(1.0, 1.0, 1.0), modality: str = "MR", device: str = "cpu",
+              progress: Progress | None = None, samples: int = 8, steps: int = 6, seed: int = 0,
+              likelihood: str = "auto", guidance: float = 0.0, weights: str = "", precision: str = "auto") -> Denoised:
+    """:func:`posterior` in the registry's convention: the posterior mean and its standard deviation."""
+    mean, std = posterior(data, noise.sigma, spacing=spacing, device=device, samples=samples, steps=steps, seed=seed,
                           likelihood=likelihood, guidance=guidance, weights=weights, precision=precision, noise=noise,
-                          progress=capture.get("progress") if capture else None, modality=modality)
-    if capture is not None:
-        capture["std"] = std
-    return mean
+                          progress=progress, modality=modality)
+    return Denoised(mean, std)
 
 
 def posterior_volume(volume, sigma: float | str = "auto", device: str = "auto", progress: Progress | None = None,
                      **params: Any):
     """Denoise a :class:`~medden.volume.Volume` by posterior sampling: ``(mean volume, std volume)``.
 
-    Exactly :func:`medden.denoise` with ``method="diffusion"`` (same noise estimation, parameters and provenance in
-    ``meta['denoise']``), plus the per-voxel standard deviation as a second volume of the same geometry and units.
+    Exactly :func:`medden.denoisers.denoise` with ``method="diffusion"`` and ``return_std=True`` (same noise
+    estimation, parameters and provenance in ``meta['denoise']``): the per-voxel standard deviation comes back as a
+    second volume of the same geometry and units.
 
     Parameters
     ----------
@@ -457,21 +518,7 @@ def posterior_volume(volume, sigma: float | str = "auto", device: str = "auto", 
     progress : ``progress(done, total)`` over samples × steps (× slabs).
     **params : the method's parameters (``samples``, ``steps``, ``seed``, ...; see ``medden methods``).
     """
-    import medden
+    from medden.denoisers import denoise
 
-    token = _CAPTURE.set({"progress": progress})
-    try:
-        mean = medden.denoise(volume, method="diffusion", sigma=sigma, device=device, **params)
-        std = _CAPTURE.get()["std"]
-    finally:
-        _CAPTURE.reset(token)
-    rec = mean.meta["denoise"]
-    step = (f"posterior standard deviation of medden diffusion ({rec['params']['samples']} samples, "
-            f"sigma={rec['sigma']:.4g})")
-    std_vol = mean.with_data(std.astype(np.float32), step=step, denoise={**rec, "output": "posterior std"})
-    # a standard deviation of a few units must not be rounded into the source's integer type: NIfTI and ITK outputs
-    # of the map are float32 (DICOM keeps the series' stored type and rescale)
-    meta = {k: v for k, v in std_vol.meta.items() if k not in ("scl_slope", "scl_inter", "stored_pixel_id")}
-    if "stored_dtype" in meta:
-        meta["stored_dtype"] = "float32"
-    return mean, dataclasses.replace(std_vol, meta=meta)
+    return denoise(volume, method="diffusion", sigma=sigma, device=device, return_std=True, progress=progress,
+                   **params)

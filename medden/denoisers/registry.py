@@ -1,105 +1,133 @@
-"""The one registry of denoisers.
+"""The one registry of denoisers and their calling convention.
 
-A denoiser is a function ``fn(data, sigma, *, spacing, device, **params) -> array`` where ``data`` is a 3D float32
-NumPy array in the volume's physical units, ``sigma`` the noise standard deviation in the same units (a float, or an
-array of the data's shape for a noise map), ``spacing`` the voxel size in mm and ``device`` ``"cpu"`` or ``"cuda"``.
-It returns an array of the same shape. It never reads or writes files.
+A denoiser is a function::
+
+    fn(data, noise, *, spacing, modality, device, progress, **params) -> Denoised(mean, std=None)
+
+``data`` is a 3D float32 NumPy array in the volume's physical units; ``noise`` a
+:class:`~medden.noise.estimate.NoiseEstimate` (a global σ in the same units, optionally a noise map or a CT noise
+power spectrum, and how it was obtained: given or estimated by which method); ``spacing`` the voxel size in mm;
+``modality`` the DICOM code; ``device`` ``"cpu"`` or ``"cuda"``; ``progress`` None or ``progress(done, total)``.
+It returns :class:`Denoised`: the estimate (same shape) and, for methods that have one, a per-voxel standard
+deviation of its error. It never reads or writes files.
 
 Adding a method is one new file with a function decorated by :func:`register` plus one import line in
-``medden/denoisers/__init__.py``.
+``medden/denoisers/__init__.py``. Its licence, modalities and measured quality and speed (``ranking.json``, from the
+benchmarks) travel with it: ``auto`` picks the best-ranked *permissively licensed* available method for the
+modality (:func:`default_method`, :func:`explain_auto`); non-commercial methods run only when named.
+
+This module imports no numerical package, so listing methods is cheap.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
+from medden.conventions import ALL_MODALITIES
 from medden.errors import ParameterError
+from medden.registry import Param, Registry, Spec
 
-ALL_MODALITIES = ("CT", "MR", "PT", "NM", "DX", "CR", "OT")
+__all__ = ["Denoised", "DenoiserSpec", "Param", "register", "get_method", "list_methods", "default_method",
+           "explain_auto", "ALL_MODALITIES", "PERMISSIVE_LICENCES"]
 
-
-@dataclass(frozen=True)
-class Param:
-    """One tunable parameter: its default, its physical unit ('' when dimensionless) and what it does."""
-
-    name: str
-    default: Any
-    unit: str = ""
-    help: str = ""
-    choices: tuple[Any, ...] | None = None
-
-    def parse(self, value: Any) -> Any:
-        """Convert ``value`` (possibly a CLI string) to the default's type and check the allowed choices."""
-        kind = type(self.default)
-        try:
-            if isinstance(value, str) and kind is bool:
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(value)
-                value = value.lower() in ("1", "true", "yes")
-            elif isinstance(value, str) and self.default is None:
-                value = float(value) if value.lower() != "none" else None
-            elif self.default is not None and not isinstance(value, kind):
-                value = kind(value)
-        except (TypeError, ValueError):
-            what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a text",
-                    "NoneType": "a number or none"}.get(kind.__name__, kind.__name__)
-            raise ParameterError(f"parameter {self.name!r} needs {what}, got {value!r}") from None
-        if self.choices is not None and value not in self.choices:
-            raise ParameterError(f"parameter {self.name!r} must be one of {list(self.choices)}, got {value!r}")
-        return value
+#: Licences that allow any use (commercial included); ``auto`` chooses only among methods under one of these.
+PERMISSIVE_LICENCES = ("Apache-2.0", "BSD-3-Clause", "BSD-2-Clause", "MIT")
+NON_COMMERCIAL = "non-commercial (Tampere University licence)"
+_RANKING_FILE = Path(__file__).with_name("ranking.json")
 
 
 @dataclass(frozen=True)
-class DenoiserSpec:
-    """What the registry knows of a denoiser."""
+class Denoised:
+    """What a denoiser returns: the estimate and, when the method gives one, the per-voxel standard deviation of its
+    error (same shape, data units); ``record`` adds what the method wants recorded in ``meta['denoise']`` (e.g. that
+    it used a CT noise power spectrum)."""
 
-    name: str
-    fn: Callable[..., Any]
-    family: str
-    summary: str
-    params: tuple[Param, ...] = ()
-    modalities: tuple[str, ...] = ALL_MODALITIES
+    mean: Any
+    std: Any = None
+    record: dict = field(default_factory=dict)
+
+
+@lru_cache(maxsize=1)
+def ranking() -> dict[str, Any]:
+    """The measured quality and speed of the methods (``medden/denoisers/ranking.json``)."""
+    return json.loads(_RANKING_FILE.read_text())
+
+
+def _rank_key(modality: str) -> str:
+    return modality if modality in ranking()["rank"] else "other"
+
+
+@dataclass(frozen=True)
+class DenoiserSpec(Spec):
+    """What the registry knows of a denoiser (see the module docstring for ``fn``)."""
+
+    family: str = ""
     gpu: bool = False
     extra: str | None = None  # pip extra needed (e.g. "bm"), or None
-    quality_rank: int = 100  # lower is better; the default method is the best-ranked available one
-    uses_noise_estimate: bool = False  # fn takes ``noise=NoiseEstimate`` (e.g. a CT noise power spectrum)
-    uses_modality: bool = False  # fn takes ``modality=`` (the volume's: e.g. to pick a model trained on it)
+    licence: str | Callable[[], str] = "Apache-2.0"  # of the code (and of the weights, for a model: from its card)
     availability: Callable[[], bool] = field(default=lambda: True, repr=False)
+    label: str = field(default="method", repr=False)
 
     @property
     def available(self) -> bool:
         return bool(self.availability())
 
-    def defaults(self) -> dict[str, Any]:
-        return {p.name: p.default for p in self.params}
+    @property
+    def licence_text(self) -> str:
+        return self.licence() if callable(self.licence) else self.licence
 
-    def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
-        """Defaults overlaid with ``given``; unknown names raise :class:`ParameterError`."""
-        by_name = {p.name: p for p in self.params}
-        unknown = sorted(set(given) - set(by_name))
-        if unknown:
-            allowed = ", ".join(by_name) or "none"
-            raise ParameterError(f"method {self.name!r} has no parameter {', '.join(map(repr, unknown))} "
-                                 f"(parameters: {allowed})")
-        return {**self.defaults(), **{k: by_name[k].parse(v) for k, v in given.items()}}
+    @property
+    def permissive(self) -> bool:
+        """Free for any use, commercial included (``auto`` chooses only among these)."""
+        return self.licence_text.split(" ")[0] in PERMISSIVE_LICENCES
+
+    def rank(self, modality: str = "OT") -> int:
+        """Position in the measured ranking for ``modality`` (0 = best); unranked methods come last."""
+        order = ranking()["rank"][_rank_key(modality)]
+        return order.index(self.name) if self.name in order else len(order)
+
+    @property
+    def quality_rank(self) -> int:
+        """Rank over all modalities (the ``other`` list): the order :func:`list_methods` uses."""
+        return self.rank("other")
+
+    @property
+    def measured(self) -> dict[str, Any]:
+        """Measured figures from ``ranking.json``: ``d_psnr_db`` (PSNR − BM4D's, per modality), ``cases``,
+        ``voxels_per_second`` (2 CPU threads); empty when not benchmarked."""
+        return dict(ranking()["methods"].get(self.name, {}))
+
+    @property
+    def voxels_per_second(self) -> float | None:
+        return self.measured.get("voxels_per_second")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description (``medden methods --json``): name, family, summary, licence, modalities, GPU,
+        availability, extra, measured speed and quality, parameters."""
+        return {"name": self.name, "family": self.family, "summary": self.summary, "licence": self.licence_text,
+                "permissive": self.permissive, "modalities": list(self.modalities), "gpu": self.gpu,
+                "available": self.available, "extra": self.extra, "voxels_per_second": self.voxels_per_second,
+                "d_psnr_vs_bm4d_db": self.measured.get("d_psnr_db", {}),
+                "params": [{"name": p.name, "default": p.default, "unit": p.unit, "help": p.help}
+                           for p in self.params]}
 
 
-_REGISTRY: dict[str, DenoiserSpec] = {}
+REGISTRY: Registry[DenoiserSpec] = Registry("method", order=lambda s: (s.quality_rank, s.name))
 
 
 def register(name: str, *, family: str, summary: str, params: tuple[Param, ...] = (),
              modalities: tuple[str, ...] = ALL_MODALITIES, gpu: bool = False, extra: str | None = None,
-             quality_rank: int = 100, uses_noise_estimate: bool = False, uses_modality: bool = False,
+             licence: str | Callable[[], str] = "Apache-2.0",
              availability: Callable[[], bool] | None = None) -> Callable:
     """Decorator registering a denoiser function under ``name``."""
 
     def wrap(fn: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise RuntimeError(f"denoiser {name!r} registered twice")
-        _REGISTRY[name] = DenoiserSpec(name=name, fn=fn, family=family, summary=summary, params=params,
-                                       modalities=modalities, gpu=gpu, extra=extra, quality_rank=quality_rank,
-                                       uses_noise_estimate=uses_noise_estimate, uses_modality=uses_modality,
-                                       availability=availability or (lambda: True))
+        REGISTRY.register(DenoiserSpec(name=name, fn=fn, summary=summary, params=params, modalities=modalities,
+                                       family=family, gpu=gpu, extra=extra, licence=licence,
+                                       availability=availability or (lambda: True)))
         return fn
 
     return wrap
@@ -107,20 +135,46 @@ def register(name: str, *, family: str, summary: str, params: tuple[Param, ...] 
 
 def get_method(name: str) -> DenoiserSpec:
     """The registered denoiser called ``name``; an unknown name raises :class:`ParameterError` listing the known."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ParameterError(f"unknown method {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+    return REGISTRY.get(name)
 
 
 def list_methods() -> list[DenoiserSpec]:
     """All registered denoisers, best-ranked first."""
-    return sorted(_REGISTRY.values(), key=lambda s: (s.quality_rank, s.name))
+    return REGISTRY.list()
+
+
+def _auto_candidates(modality: str) -> list[DenoiserSpec]:
+    return sorted((s for s in REGISTRY.list() if modality in s.modalities and s.permissive),
+                  key=lambda s: (s.rank(modality), s.name))
 
 
 def default_method(modality: str = "OT") -> DenoiserSpec:
-    """The best-ranked available denoiser suited to ``modality``."""
-    for spec in list_methods():
-        if spec.available and modality in spec.modalities:
+    """What ``method="auto"`` runs: the best-ranked available, permissively licensed denoiser suited to ``modality``
+    (BM3D/BM4D, free for non-commercial use only, run only when named)."""
+    for spec in _auto_candidates(modality):
+        if spec.available:
             return spec
     raise ParameterError(f"no available denoiser suits modality {modality!r}")
+
+
+def explain_auto(modality: str = "OT") -> str:
+    """One or two sentences saying which method ``auto`` picks for ``modality`` and why (for the CLI to print)."""
+    spec = default_method(modality)
+    key = _rank_key(modality)
+    gap = spec.measured.get("d_psnr_db", {}).get(modality if key != "other" else "", None)
+    figure = f"{gap:+.1f} dB PSNR vs BM4D on {spec.measured['cases'][modality]} clean-reference cases, " \
+        if gap is not None else ""
+    speed = spec.voxels_per_second
+    speed_text = f"{speed / 1e6:.2g} M voxels/s on 2 CPU threads" if speed else "speed not measured"
+    skipped = [s.name for s in _auto_candidates(modality) if s.rank(modality) < spec.rank(modality)
+               and not s.available]
+    text = (f"auto: {spec.name} for {modality} — the best-ranked permissively licensed ({spec.licence_text}) method "
+            f"available ({figure}{speed_text}).")
+    if skipped:
+        text += f" Better-ranked but not available here: {', '.join(skipped)}."
+    best_nc = [s for s in REGISTRY.list() if modality in s.modalities and not s.permissive
+               and s.rank(modality) < spec.rank(modality)]
+    if best_nc:
+        text += (f" {', '.join(s.name for s in best_nc)} rank higher but are licensed for non-commercial use only: "
+                 f"name one with --method to use it.")
+    return text

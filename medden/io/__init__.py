@@ -14,10 +14,17 @@ import numpy as np
 
 from medden.errors import InputError, OutputError
 from medden.io import dicom, itk, nifti
+from medden.io.anonymize import anonymize_dataset
 from medden.io.atomic import atomic_path, check_output_path
+from medden.io.dicom_write import ANONYMOUS_PROVENANCE
 from medden.volume import Volume
 
-__all__ = ["load_volume", "save_volume", "output_format", "default_output_path", "sidecar_path"]
+__all__ = ["load_volume", "save_volume", "output_format", "default_output_path", "sidecar_path", "check_output",
+           "VOLUME_SUFFIXES", "DicomSeries", "find_dicom_series", "foreign_files", "restore_padding",
+           "anonymize_dataset"]
+
+#: Suffixes of the single-file volume formats (NIfTI, NRRD, MetaImage).
+VOLUME_SUFFIXES = nifti.SUFFIXES + itk.SUFFIXES
 
 
 def _suffix(path: Path) -> str:
@@ -73,6 +80,8 @@ def infer_modality(data: np.ndarray) -> tuple[str, str]:
 def _read(path: Path, series_uid: str | None) -> Volume:
     if not path.exists():
         raise InputError(f"{path} does not exist")
+    if series_uid is not None and path.is_file() and _suffix(path) in VOLUME_SUFFIXES:
+        raise InputError(f"a series UID selects one DICOM series of a folder; {path.name} is a single volume file")
     if path.is_dir():
         return dicom.load_dicom(path, series_uid=series_uid)
     if path.stat().st_size == 0:
@@ -106,6 +115,64 @@ def output_format(path: Path, like: Volume | None = None) -> str:
                       f"name for a DICOM series)")
 
 
+def check_output(path: str | os.PathLike, *, like: Volume | None = None, overwrite: bool = False,
+                 protect: tuple[str | os.PathLike, ...] = ()) -> str:
+    """Refuse, before any work, what :func:`save_volume` would refuse for ``path``; returns the output format."""
+    check_output_path(Path(path), overwrite=overwrite, inputs=tuple(Path(p) for p in protect))
+    if like is None and _suffix(Path(path)) in dicom.SUFFIXES:
+        return "dicom"  # whether the source allows a .dcm file is known once it is loaded
+    return output_format(Path(path), like=like)
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomSeries:
+    """The DICOM files of one series found in a folder (``multiframe``: one multi-frame file holds the volume);
+    or one file that could not be read (``error`` says why, ``uid`` is None)."""
+
+    uid: str | None
+    files: tuple[Path, ...]
+    multiframe: bool = False
+    error: str | None = None
+
+
+def find_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """Every DICOM series directly in ``folder`` (not below). A series holding a file that cannot be read carries
+    ``error`` naming it (a file whose series cannot even be told is a series of its own): one broken file spoils no
+    other series."""
+    found = dicom.scan_folder(Path(folder), recursive=False)
+    out = []
+    for uid, slices in sorted(found.items()):
+        files = tuple(sorted(s.path for s in slices))
+        broken = [s.error for s in slices if s.error]
+        if broken:
+            more = f" (and {len(broken) - 1} more file(s) of this series)" if len(broken) > 1 else ""
+            out.append(DicomSeries(None if uid.startswith("unreadable-") else uid, files, error=broken[0] + more))
+            continue
+        out.append(DicomSeries(uid, files, multiframe=len(slices) == 1
+                               and int(slices[0].header.get("NumberOfFrames", 1) or 1) > 1))
+    return out
+
+
+def foreign_files(path: str | os.PathLike) -> list[Path]:
+    """The files in an existing DICOM output folder that medden did not write (empty for a file or a missing path):
+    ``--overwrite`` may replace only medden's own outputs."""
+    import pydicom
+
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    foreign = []
+    for p in sorted(path.rglob("*")):
+        try:
+            ours = p.is_file() and "medden" in str(pydicom.dcmread(p, stop_before_pixels=True).get(
+                "SoftwareVersions", ""))
+        except Exception:  # noqa: BLE001 - unreadable or not DICOM: not ours
+            ours = False
+        if not ours and not p.is_dir():
+            foreign.append(p)
+    return foreign
+
+
 def default_output_path(source: Path, tag: str = "denoised") -> Path:
     """``scan.nii.gz`` → ``scan_denoised.nii.gz``; a DICOM folder ``ser/`` → ``ser_denoised/`` beside it."""
     source = Path(source)
@@ -124,29 +191,37 @@ def sidecar_path(path: Path) -> Path:
 
 def save_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = False,
                 description: str = "medden", protect: tuple[str | os.PathLike, ...] = (),
-                provenance: dict | None = None, anonymize: bool = False) -> Path:
+                provenance: dict | None = None, anonymize: bool | str = False) -> Path:
     """Write ``volume`` to ``path`` atomically, in the format its suffix names (no suffix: a DICOM series folder).
 
     The volume's source file (``volume.meta['source_path']``) and every path in ``protect`` are never overwritten.
     ``description`` goes into the DICOM SeriesDescription. ``provenance`` (a JSON-ready record of what was done) is
     written as a BIDS-style JSON sidecar beside NIfTI/NRRD/MHA outputs and into the DerivationDescription of DICOM
-    outputs; ``anonymize`` replaces patient identifiers in DICOM outputs. Returns the path written.
+    outputs. ``anonymize`` (True, or a secret key string shared by every run that must map one study's UIDs the
+    same way) de-identifies DICOM outputs with the PS3.15 Basic Application Level Confidentiality Profile
+    (:func:`medden.io.anonymize.anonymize_dataset`). Padding voxels (``meta['padding_mask']``, from a CT
+    PixelPaddingValue) are written back as exactly the padding value. DICOM outputs are derived series that
+    validate (see :mod:`medden.io.dicom_write`). Files and folders get the permissions of a plain write under the
+    umask. Returns the path written.
 
     Raises
     ------
     OutputError
-        The output exists (and ``overwrite`` is False), equals an input, or its folder is missing or not writable.
+        The output exists (and ``overwrite`` is False), equals an input, its folder is missing or not writable, or
+        the write failed (disk full ...): one line, and no partial output or temporary file is left.
     """
     path = Path(path)
     inputs = tuple(Path(p) for p in protect)
     if volume.meta.get("source_path"):
         inputs += (Path(volume.meta["source_path"]),)
-    check_output_path(path, overwrite=overwrite, inputs=inputs)
-    fmt = output_format(path, like=volume)
+    fmt = check_output(path, like=volume, overwrite=overwrite, protect=inputs)
     is_dir = fmt == "dicom" and _suffix(path) not in dicom.SUFFIXES
     sidecar = sidecar_path(path) if provenance is not None and fmt != "dicom" else None
+    if sidecar is not None and anonymize:  # no input path (which often names the patient) in the sidecar either
+        provenance = {k: provenance[k] for k in ANONYMOUS_PROVENANCE if k in provenance}
     if sidecar is not None:
         check_output_path(sidecar, overwrite=overwrite, inputs=inputs)
+    volume = restore_padding(volume)
     try:
         with atomic_path(path, is_dir=is_dir) as tmp:
             if fmt == "nifti":
@@ -161,5 +236,34 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = Fa
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
     return path
+
+
+def os_reason(exc: OSError) -> str:
+    """One line saying why the system refused a write ("No space left on device (disk full)"), even when a library
+    re-raised the error with its own text around the ``[Errno N]`` (pydicom does)."""
+    import errno
+    import re
+
+    number = exc.errno
+    if number is None:
+        found = re.search(r"\[Errno (\d+)\]", str(exc))
+        number = int(found.group(1)) if found else None
+    if number is not None:
+        text = os.strerror(number)
+        return text + (" (disk full)" if number == errno.ENOSPC else " (quota exceeded)" if number == errno.EDQUOT
+                       else "")
+    first = str(exc).strip().splitlines()
+    return first[0][:200] if first else type(exc).__name__
+
+
+def restore_padding(volume: Volume) -> Volume:
+    """The volume with its padding voxels (``meta['padding_mask']``, from a CT PixelPaddingValue) set back to exactly
+    the padding value, whatever a denoiser left there."""
+    mask = volume.meta.get("padding_mask")
+    if mask is None or np.shape(mask) != volume.shape or "padding_value" not in volume.meta:
+        return volume
+    data = volume.data.copy()
+    data[np.asarray(mask, dtype=bool)] = np.float32(volume.meta["padding_value"])
+    return dataclasses.replace(volume, data=data)

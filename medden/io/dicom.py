@@ -7,16 +7,16 @@ converted to physical units with RescaleSlope/RescaleIntercept (Hounsfield units
 """
 from __future__ import annotations
 
-import copy
-import datetime as _dt
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medden.errors import InputError, OutputError
+from medden.errors import InputError
 from medden.volume import RAS_TO_LPS, Volume
 
 #: Relative tolerance on slice spacing before a series is called inconsistent (missing or duplicated slices).
@@ -28,6 +28,7 @@ SUFFIXES = (".dcm", ".dicom", ".ima")
 class _Slice:
     path: Path
     header: Any  # pydicom Dataset without pixel data
+    error: str | None = None  # set for a file that cannot be read (truncated, corrupt): loading its series fails
 
 
 # ---------------------------------------------------------------------------------------------------------- reading
@@ -41,30 +42,79 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def walk(root: Path):
+    """``os.walk`` that also enters symbolically linked folders (a linked series is read like a linked file),
+    each real folder once, so a link cycle cannot loop."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield folder, dirs, files
+
+
 def scan_folder(folder: Path, recursive: bool = True) -> dict[str, list[_Slice]]:
-    """Headers of every DICOM image file in (or below) ``folder``, grouped by SeriesInstanceUID."""
+    """Headers of every DICOM image file in (or below) ``folder``, grouped by SeriesInstanceUID.
+
+    A file that cannot be read does not stop the scan: it joins its series (when its SeriesInstanceUID can still be
+    read) or a series of its own named ``unreadable-<file name>``, as a slice whose ``error`` names the file, so that
+    loading that series fails clearly and every other series of a flat export still loads.
+    """
     import pydicom
 
     series: dict[str, list[_Slice]] = {}
-    walk = os.walk(folder) if recursive else [(str(folder), [], [p.name for p in Path(folder).iterdir()
-                                                                 if p.is_file()])]
-    for root, _dirs, files in walk:
+    walker = walk(folder) if recursive else [(str(folder), [], [p.name for p in Path(folder).iterdir()
+                                                                   if p.is_file()])]
+    for root, _dirs, files in walker:
         for name in sorted(files):
             path = Path(root) / name
-            if name.upper() == "DICOMDIR" or not is_dicom_file(path):
+            if name.upper() == "DICOMDIR" or name.startswith("._") or not is_dicom_file(path):
                 continue
             try:
                 header = pydicom.dcmread(path, stop_before_pixels=True)
             except Exception as exc:  # truncated or corrupt header
-                raise InputError(f"cannot read DICOM file {path}: {_first_sentence(exc)}") from None
+                _add_broken(series, path, f"cannot read DICOM file {path}: {_first_sentence(exc)}", None)
+                continue
             if "Rows" not in header or "Columns" not in header:
                 sop = header.get("SOPClassUID")
                 if sop is None or "Image" in getattr(sop, "name", ""):
-                    raise InputError(f"{path}: incomplete DICOM image header (truncated file?)")
+                    _add_broken(series, path, f"{path}: incomplete DICOM image header (truncated file?)", header)
                 continue  # not an image (structured report, presentation state ...)
             uid = str(header.get("SeriesInstanceUID", "unknown"))
             series.setdefault(uid, []).append(_Slice(path, header))
     return series
+
+
+def _add_broken(series: dict, path: Path, error: str, header) -> None:
+    from pydicom.dataset import Dataset
+
+    uid = str(header.get("SeriesInstanceUID", "") or "") if header is not None else ""
+    uid = uid or series_uid_from_bytes(path) or ""
+    series.setdefault(uid or f"unreadable-{path.name}", []).append(
+        _Slice(path, header if header is not None else Dataset(), error))
+
+
+_SERIES_UID_TAG = re.compile(rb"\x20\x00\x0e\x00(?:UI(.)(.)|(.)(.)\x00\x00)", re.DOTALL)
+
+
+def series_uid_from_bytes(path: Path) -> str | None:
+    """The SeriesInstanceUID of a file too damaged for a DICOM parser, found by its tag (0020,000E) in the raw
+    little-endian bytes, or None."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(1 << 20)
+    except OSError:
+        return None
+    for match in _SERIES_UID_TAG.finditer(raw):
+        lo, hi = (match.group(1), match.group(2)) if match.group(1) is not None else (match.group(3), match.group(4))
+        length = lo[0] | hi[0] << 8
+        value = raw[match.end(): match.end() + length].rstrip(b"\0 ").decode("ascii", "replace")
+        if 0 < length <= 64 and len(value) > 2 and all(c.isdigit() or c == "." for c in value):
+            return value
+    return None
 
 
 def describe_series(series: dict[str, list[_Slice]]) -> str:
@@ -96,10 +146,21 @@ def load_dicom(path: Path, series_uid: str | None = None) -> Volume:
         if series_uid not in series:
             raise InputError(f"series {series_uid} not found in {path}; it holds: {describe_series(series)}")
         slices = series[series_uid]
+        unknown = [u for u in series if u.startswith("unreadable-")]
+        if unknown and not series_uid.startswith("unreadable-"):
+            warnings.warn(f"{path}: {len(unknown)} unreadable file(s) of unknown series ({', '.join(unknown[:3])}); "
+                          f"series {series_uid} may be missing a slice", UserWarning, stacklevel=3)
     elif len(series) > 1:
+        broken = [s for slices in series.values() for s in slices if s.error]
+        if broken and len([u for u in series if not u.startswith("unreadable-")]) <= 1:
+            raise InputError(broken[0].error)
         raise InputError(f"{path} holds {len(series)} series, pick one with --series-uid: {describe_series(series)}")
     else:
         slices = next(iter(series.values()))
+    broken = [s for s in slices if s.error]
+    if broken:
+        raise InputError(broken[0].error + (f" (and {len(broken) - 1} more file(s) of this series)"
+                                            if len(broken) > 1 else ""))
     if len(slices) == 1 and int(slices[0].header.get("NumberOfFrames", 1) or 1) > 1:
         return _load_multiframe(slices[0].path)
     return _load_classic(path, slices)
@@ -130,18 +191,23 @@ def _load_classic(folder: Path, slices: list[_Slice]) -> Volume:
     positions = positions[order]
     _check_spacing(folder, positions @ normal, [s.path.name for s in slices])
 
-    planes, slopes, inters, headers, dtypes = [], [], [], [], []
+    planes, slopes, inters, headers, dtypes, pads = [], [], [], [], [], []
+    padding = first.get("PixelPaddingValue")
     for s in slices:
         try:
             ds = pydicom.dcmread(s.path)
-            pixels = ds.pixel_array
         except Exception as exc:
-            raise InputError(f"cannot decode pixel data of {s.path}: {_first_sentence(exc)}") from None
+            raise InputError(f"cannot read DICOM file {s.path}: {_first_sentence(exc)}") from None
+        pixels = decode_pixels(ds, s.path)
         if pixels.shape != (first.Rows, first.Columns):
             raise InputError(f"{s.path}: pixel data shape {pixels.shape} does not match Rows×Columns")
         slope, inter = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
         planes.append(pixels.T.astype(np.float32) * np.float32(slope) + np.float32(inter))
-        dtypes.append(str(pixels.dtype))
+        if padding is not None:  # a padding range [value, limit] when PixelPaddingRangeLimit is given
+            limit = ds.get("PixelPaddingRangeLimit", padding)
+            lo, hi = min(int(padding), int(limit)), max(int(padding), int(limit))
+            pads.append((pixels.T >= lo) & (pixels.T <= hi))
+        dtypes.append(str(pixels.dtype.newbyteorder("=")))  # a big-endian source decodes to '>i2'
         slopes.append(slope)
         inters.append(inter)
         del ds.PixelData
@@ -151,6 +217,12 @@ def _load_classic(folder: Path, slices: list[_Slice]) -> Volume:
     meta = {"format": "dicom-series", "source_path": str(folder), "headers": headers, "stored_dtypes": dtypes,
             "rescale": list(zip(slopes, inters)), "series_uid": str(first.get("SeriesInstanceUID", "")),
             "source_affine_lps": affine}
+    if padding is not None and any(p.any() for p in pads):
+        # CT PixelPaddingValue (PS3.3 C.7.5.1.1.2): voxels outside the scanned field, not data. Reported so a
+        # denoiser can leave them; save_volume writes them back as exactly this padding value.
+        mask = np.stack(pads, axis=2)
+        meta.update(padding_mask=mask, padding_stored=int(padding),
+                    padding_value=float(np.float32(padding) * np.float32(slopes[0]) + np.float32(inters[0])))
     return Volume(data, RAS_TO_LPS @ affine, modality=str(first.get("Modality", "OT")), meta=meta)
 
 
@@ -159,9 +231,9 @@ def _load_multiframe(path: Path) -> Volume:
 
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
     except Exception as exc:
         raise InputError(f"cannot read multi-frame DICOM {path}: {_first_sentence(exc)}") from None
+    pixels = decode_pixels(ds, path)
     n = int(ds.NumberOfFrames)
     shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -192,12 +264,33 @@ def _load_multiframe(path: Path) -> Volume:
                      for i in order], axis=2)
     step = (positions[order[-1]] - positions[order[0]]) / (n - 1)
     affine = _affine_lps(ds, positions[order[0]], step, iop=iop, pixel_spacing=spacing)
-    stored_dtype = str(pixels.dtype)
+    stored_dtype = str(pixels.dtype.newbyteorder("="))
     del ds.PixelData
     meta = {"format": "dicom-multiframe", "source_path": str(path), "dataset": ds, "frame_order": order.tolist(),
             "rescale": rescale, "stored_dtypes": [stored_dtype], "series_uid": str(ds.get("SeriesInstanceUID", "")),
             "source_affine_lps": affine}
     return Volume(data, RAS_TO_LPS @ affine, modality=str(ds.get("Modality", "OT")), meta=meta)
+
+
+#: Python packages that decode compressed DICOM pixel data (pydicom's pixel-data plugins), by transfer syntax name.
+DECODERS = {"JPEG Baseline": "pillow or pylibjpeg + pylibjpeg-libjpeg", "JPEG Extended": "pylibjpeg + pylibjpeg-libjpeg",
+            "JPEG Lossless": "pylibjpeg + pylibjpeg-libjpeg", "JPEG-LS": "pyjpegls",
+            "JPEG 2000": "pylibjpeg + pylibjpeg-openjpeg", "RLE": "numpy (built in)"}
+
+
+def decode_pixels(ds, path: Path) -> np.ndarray:
+    """``ds.pixel_array``, or an InputError naming the file, the compression and the package that decodes it."""
+    try:
+        return ds.pixel_array
+    except Exception as exc:
+        syntax = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
+        name = getattr(syntax, "name", str(syntax or "unknown transfer syntax"))
+        if syntax is not None and getattr(syntax, "is_compressed", False) and (
+                "missing" in str(exc) or "plugin" in str(exc) or "decoder" in str(exc).lower()):
+            need = next((pkg for key, pkg in DECODERS.items() if name.startswith(key)), "a pydicom pixel-data plugin")
+            raise InputError(f"cannot decode {path}: its pixels are compressed as {name} and no installed decoder "
+                             f"handles it — install {need}") from None
+        raise InputError(f"cannot decode pixel data of {path} ({name}): {_first_sentence(exc)}") from None
 
 
 def _first_sentence(exc: Exception) -> str:
@@ -246,180 +339,80 @@ def _affine_lps(header, position, step, iop=None, pixel_spacing=None) -> np.ndar
 
 # ---------------------------------------------------------------------------------------------------------- writing
 def save_dicom(volume: Volume, path: Path, description: str = "medden", provenance: dict | None = None,
-               anonymize: bool = False) -> None:
+               anonymize: bool | str = False) -> None:
     """Write ``volume`` as a derived DICOM series into folder ``path`` (or one multi-frame file if ``path`` ends
-    in .dcm and the source was multi-frame).
+    in .dcm and the source was multi-frame); see :mod:`medden.io.dicom_write` for the rules.
 
-    The series gets a new SeriesInstanceUID and SOPInstanceUIDs, ImageType DERIVED\\SECONDARY, a SeriesDescription
-    and a DerivationDescription that say what was done; patient and study identifiers and the per-slice geometry
-    of the source are kept (``anonymize=True`` replaces the patient identifiers). Pixel data are stored in the
-    source's stored type with its rescale slope/intercept. ``provenance`` (a JSON-ready record) is appended to the
+    The series gets new Series/SOP Instance UIDs, SeriesNumber = source + 1000, ImageType DERIVED\\SECONDARY, a
+    SeriesDescription and a DerivationDescription that say what was done, SourceImageSequence references to the
+    source images, and every Type 1/2 attribute of its IOD. ``provenance`` (a JSON-ready record) is appended to the
     DerivationDescription; its optional ``dicom_derivation_code`` (value, scheme, meaning) fills
-    DerivationCodeSequence.
+    DerivationCodeSequence. ``anonymize`` (True or a key string) applies the PS3.15 Basic Application Level
+    Confidentiality Profile (:func:`medden.io.anonymize.anonymize_dataset`).
     """
+    import datetime as _datetime
+
     import pydicom.uid
 
+    from medden.io import dicom_write as dw
+    from medden.io.anonymize import anonymization_key, anonymize_dataset
+
+    key = anonymization_key(anonymize)
     fmt = volume.meta.get("format")
     same_geometry = fmt in ("dicom-series", "dicom-multiframe") and np.allclose(
         volume.affine_lps, volume.meta["source_affine_lps"], atol=1e-5)
-    series_uid = pydicom.uid.generate_uid()
-    derivation = "; ".join(volume.history) or "written by medden"
-    if provenance:
-        import json
-
-        derivation += " | " + json.dumps({k: v for k, v in provenance.items() if k != "dicom_derivation_code"},
-                                         separators=(",", ":"), default=str)
-    extras = {"code": (provenance or {}).get("dicom_derivation_code"), "anonymize": anonymize}
+    sources = dw.source_instances(volume)
+    template = sources[0] if sources else None
+    classic_same = fmt == "dicom-series" and same_geometry
+    rescale = volume.meta["rescale"] if same_geometry else None
+    dtypes = volume.meta["stored_dtypes"] if classic_same else None
     if fmt == "dicom-multiframe" and same_geometry:
-        if path.suffix.lower() in SUFFIXES:
-            _write_multiframe(volume, path, series_uid, derivation, description, extras)
-            return
-    if fmt == "dicom-series" and same_geometry:
-        headers = volume.meta["headers"]
-        rescale = volume.meta["rescale"]
-        dtypes = volume.meta["stored_dtypes"]
-    else:
-        template = _template_from(volume)
-        headers, rescale, dtypes = _new_headers(volume, template)
+        order = volume.meta["frame_order"]
+        rescale = [volume.meta["rescale"][i] for i in order]
+        dtypes = [volume.meta["stored_dtypes"][0]] * len(order)
+    data = volume.data
+    padding = volume.meta.get("padding_stored") if same_geometry else None
+    mask = volume.meta.get("padding_mask") if padding is not None else None
+    pet = template is not None and str(template.get("SOPClassUID", "")) == pydicom.uid.PositronEmissionTomographyImageStorage
+    slices = dw.quantise_slices(data, rescale, dtypes, zero_intercept=pet)
+    derivation = dw.derivation_text(volume, provenance, anonymize=key is not None)
+    code = (provenance or {}).get("dicom_derivation_code")
+    series_uid = pydicom.uid.generate_uid()
+    number = dw.derived_series_number(template.get("SeriesNumber") if template is not None else None)
+    now = _datetime.datetime.now()
+    lps = volume.affine_lps
+    datasets, cache = [], {}
+    for k, (stored, slope, inter, _dtype) in enumerate(slices):
+        pad_value = None
+        if mask is not None and np.asarray(mask).shape == volume.shape and np.asarray(mask)[:, :, k].any():
+            pad_value = _padding_in(stored.dtype, padding)
+            stored = stored.copy()
+            stored[np.asarray(mask)[:, :, k].T] = pad_value  # exactly the padding value, whatever the data hold
+        header = sources[k] if classic_same else None
+        if fmt == "dicom-multiframe":  # frame numbers of the source file count from 1 in stored order
+            frames = volume.meta["frame_order"] if same_geometry else range(len(volume.meta["frame_order"]))
+            refs = [(template, int(frames[k]) + 1)] if same_geometry else [(template, int(f) + 1) for f in frames]
+        else:
+            refs = [sources[k]] if classic_same else sources
+        ds = dw.build_slice(volume, k, header=header, template=template, stored=stored, slope=slope, inter=inter,
+                            series_uid=series_uid, series_number=number, description=description,
+                            derivation=derivation, code=code, sources=refs, position=lps[:3, 3] + k * lps[:3, 2],
+                            now=now, padding=pad_value, cache=cache)
+        if key is not None:
+            anonymize_dataset(ds, key)
+            ds.SeriesDescription = description[:64]
+            ds.DerivationDescription = derivation
+            dw.complete_after_anonymization(ds)
+        datasets.append(ds)
+    if fmt == "dicom-multiframe" and path.suffix.lower() in SUFFIXES:
+        dw.write_multiframe(datasets, path, series_uid=datasets[0].SeriesInstanceUID, series_number=number,
+                            source=template, key=key)
+        return
     path.mkdir(exist_ok=True)
-    for k, header in enumerate(headers):
-        ds = copy.deepcopy(header)
-        slope, inter = rescale[k]
-        _set_pixels(ds, _to_stored(volume.data[:, :, k].T, slope, inter, np.dtype(dtypes[k])))
-        _mark_derived(ds, series_uid, derivation, description, stored=np.dtype(dtypes[k]), **extras)
+    for k, ds in enumerate(datasets):
         ds.save_as(path / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
 
 
-def _to_stored(values: np.ndarray, slope: float, inter: float, dtype: np.dtype) -> np.ndarray:
+def _padding_in(dtype: np.dtype, padding) -> int:
     info = np.iinfo(dtype)
-    return np.clip(np.rint((values.astype(np.float64) - inter) / slope), info.min, info.max).astype(dtype)
-
-
-def _set_pixels(ds, stored: np.ndarray) -> None:
-    ds.PixelData = np.ascontiguousarray(stored).tobytes()
-    ds["PixelData"].VR = "OB" if stored.dtype.itemsize == 1 else "OW"
-
-
-_PATIENT_IDENTIFIERS = ("PatientBirthDate", "PatientBirthTime", "PatientAddress", "OtherPatientIDs",
-                        "OtherPatientNames", "PatientTelephoneNumbers", "PatientMotherBirthName", "MilitaryRank",
-                        "EthnicGroup", "PatientComments", "ReferringPhysicianName", "InstitutionName",
-                        "InstitutionAddress", "AccessionNumber", "OperatorsName", "PerformingPhysicianName")
-
-
-def _mark_derived(ds, series_uid: str, derivation: str, description: str, stored: np.dtype, code=None,
-                  anonymize: bool = False) -> None:
-    import hashlib
-
-    import pydicom.uid
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
-    from medden import __version__
-
-    sop_uid = pydicom.uid.generate_uid()
-    ds.SOPInstanceUID = sop_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.file_meta.ImplementationVersionName = f"MEDDEN_{__version__}"[:16]
-    image_type = [str(v) for v in (ds.get("ImageType") or [])]
-    ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
-    old = str(ds.get("SeriesDescription", "")).strip()
-    ds.SeriesDescription = (f"{old} [{description}]" if old else description)[:64]
-    ds.DerivationDescription = derivation[:1024]
-    versions = [str(v) for v in (ds.get("SoftwareVersions") or [])] if "SoftwareVersions" in ds else []
-    ds.SoftwareVersions = [v for v in versions if not v.startswith("medden")] + [f"medden {__version__}"]
-    ds.BitsAllocated = ds.BitsStored = stored.itemsize * 8
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = int(np.issubdtype(stored, np.signedinteger))
-    now = _dt.datetime.now()
-    ds.SeriesDate, ds.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    for stale in ("SmallestImagePixelValue", "LargestImagePixelValue", "LossyImageCompression"):
-        if stale in ds:
-            delattr(ds, stale)
-    if code:
-        item = Dataset()
-        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
-        ds.DerivationCodeSequence = Sequence([item])
-    if anonymize:
-        pseudo = hashlib.sha256(str(ds.get("PatientID", "")).encode()).hexdigest()[:16]
-        ds.PatientName, ds.PatientID = "Anonymous", f"ANON-{pseudo}"
-        for key in _PATIENT_IDENTIFIERS:
-            if key in ds:
-                delattr(ds, key)
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "medden --anonymize: patient identifiers removed"
-
-
-def _write_multiframe(volume: Volume, path: Path, series_uid: str, derivation: str, description: str,
-                      extras: dict) -> None:
-    ds = copy.deepcopy(volume.meta["dataset"])
-    order = volume.meta["frame_order"]
-    dtype = np.dtype(volume.meta["stored_dtypes"][0])
-    frames = [None] * len(order)
-    for k, frame_index in enumerate(order):
-        slope, inter = volume.meta["rescale"][frame_index]
-        frames[frame_index] = _to_stored(volume.data[:, :, k].T, slope, inter, dtype)
-    _set_pixels(ds, np.stack(frames))
-    _mark_derived(ds, series_uid, derivation, description, stored=dtype, **extras)
-    ds.save_as(path, enforce_file_format=True)
-
-
-def _template_from(volume: Volume):
-    """Patient/study identifiers to keep when the geometry changed or the source was not DICOM."""
-    if volume.meta.get("format") == "dicom-series":
-        return volume.meta["headers"][0]
-    if volume.meta.get("format") == "dicom-multiframe":
-        return volume.meta["dataset"]
-    return None
-
-
-_KEEP = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
-         "StudyID", "AccessionNumber", "StudyDescription", "ReferringPhysicianName", "FrameOfReferenceUID",
-         "Manufacturer", "InstitutionName", "PatientPosition")
-
-
-def _new_headers(volume: Volume, template) -> tuple[list, list, list]:
-    """Fresh CT/MR image headers for a volume whose geometry no source header describes."""
-    import pydicom.uid
-    from pydicom.dataset import Dataset, FileMetaDataset
-
-    sop_class = {"CT": pydicom.uid.CTImageStorage, "MR": pydicom.uid.MRImageStorage}.get(
-        volume.modality, pydicom.uid.SecondaryCaptureImageStorage)
-    lps = volume.affine_lps
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    row_cos, col_cos = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
-    lo, hi = float(volume.data.min()), float(volume.data.max())
-    if volume.modality == "CT" and lo >= -32768 and hi <= 32767:
-        slope, inter = 1.0, 0.0
-    else:  # spread the value range over int16 with a linear rescale
-        slope = max((hi - lo) / 65000.0, 1e-6)
-        inter = lo + 32500.0 * slope
-    study_uid = pydicom.uid.generate_uid()
-    frame_uid = pydicom.uid.generate_uid()
-    headers = []
-    for k in range(volume.shape[2]):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = sop_class
-        ds.SOPClassUID = sop_class
-        ds.Modality = volume.modality if volume.modality != "OT" else "OT"
-        ds.PatientName, ds.PatientID = "Anonymous", "medden"
-        ds.StudyInstanceUID, ds.FrameOfReferenceUID = study_uid, frame_uid
-        if template is not None:
-            for key in _KEEP:
-                if key in template:
-                    setattr(ds, key, template.data_element(key).value)
-        ds.SeriesNumber = 1001
-        ds.InstanceNumber = k + 1
-        ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
-        ds.PixelSpacing = [f"{spacing[1]:.10g}", f"{spacing[0]:.10g}"]
-        ds.SliceThickness = f"{spacing[2]:.10g}"
-        ds.ImageOrientationPatient = [f"{v:.10g}" for v in (*row_cos, *col_cos)]
-        ds.ImagePositionPatient = [f"{v:.10g}" for v in (lps[:3, 3] + k * lps[:3, 2])]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{inter:.10g}"
-        ds.ImageType = ["DERIVED", "SECONDARY"]
-        headers.append(ds)
-    return headers, [(float(f"{slope:.10g}"), float(f"{inter:.10g}"))] * volume.shape[2], ["int16"] * volume.shape[2]
+    return int(np.clip(int(padding), info.min, info.max))

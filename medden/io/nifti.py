@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +19,39 @@ def load_nifti(path: Path) -> Volume:
 
     try:
         img = nib.load(str(path))
+        stored = img.get_data_dtype()
+        if np.issubdtype(stored, np.complexfloating):
+            raise InputError(f"{path} holds complex voxels ({stored}); medden denoises real-valued volumes and will "
+                             f"not drop the imaginary part silently — save the magnitude (abs) or the real part first")
         data = np.asarray(img.dataobj, dtype=np.float32)  # applies scl_slope / scl_inter
+    except InputError:
+        raise
     except Exception as exc:  # nibabel raises many types for corrupt or non-NIfTI files
         raise InputError(f"cannot read {path} as NIfTI: {_reason(exc)}") from None
     data = as_3d(data, path)
     header = img.header
     sidecar = _read_sidecar(path)
     modality = str(sidecar.get("Modality", "OT")) if sidecar else "OT"
+    affine, oriented = img.affine, bool(int(header["qform_code"]) or int(header["sform_code"]))
+    if not oriented:
+        # NIfTI "method 1" (qform_code = sform_code = 0): voxel axes scaled by pixdim, no orientation. nibabel's
+        # fallback flips x and centres the grid, which invents a position; keep the standard's meaning instead.
+        affine = np.diag([*(float(d) or 1.0 for d in header["pixdim"][1:4]), 1.0])
+        warnings.warn(f"{path}: no orientation (qform_code and sform_code are 0); the voxel axes are taken as "
+                      f"patient axes with spacing from pixdim — left/right and position are unknown", UserWarning,
+                      stacklevel=3)
     meta = {
         "format": "nifti",
         "source_path": str(path),
-        "stored_dtype": str(header.get_data_dtype()),
-        "scl_slope": _finite_or_none(header["scl_slope"]),
-        "scl_inter": _finite_or_none(header["scl_inter"]),
+        "orientation_known": oriented,
+        "stored_dtype": str(stored),
+        # nibabel moves the scaling from the header into the data proxy on load: read it there
+        "scl_slope": _finite_or_none(getattr(img.dataobj, "slope", header["scl_slope"])),
+        "scl_inter": _finite_or_none(getattr(img.dataobj, "inter", header["scl_inter"]), zero_ok=True),
         "xyzt_units": header.get_xyzt_units(),
         "descrip": header["descrip"].tobytes().rstrip(b"\0").decode("latin-1"),
     }
-    return Volume(data, img.affine, modality=modality, meta=meta)
+    return Volume(data, affine, modality=modality, meta=meta)
 
 
 def save_nifti(volume: Volume, path: Path) -> None:
@@ -59,8 +76,9 @@ def save_nifti(volume: Volume, path: Path) -> None:
     img = nib.Nifti1Image(stored, volume.affine)
     img.header.set_data_dtype(dtype)
     img.header.set_slope_inter(slope, inter) if np.issubdtype(dtype, np.integer) else None
-    img.set_sform(volume.affine, code=1)
-    img.set_qform(volume.affine, code=1)
+    code = 1 if meta.get("orientation_known", True) else 0  # never claim an orientation the source did not have
+    img.set_sform(volume.affine, code=code)
+    img.set_qform(volume.affine, code=code)
     img.header.set_xyzt_units(*(meta.get("xyzt_units") or ("mm", "sec")))
     img.header["descrip"] = (volume.history[-1] if volume.history else meta.get("descrip", ""))[:79].encode()
     nib.save(img, str(path))
@@ -85,9 +103,9 @@ def _read_sidecar(path: Path) -> dict:
         return {}
 
 
-def _finite_or_none(value) -> float | None:
+def _finite_or_none(value, zero_ok: bool = False) -> float | None:
     value = float(value)
-    return value if np.isfinite(value) and value != 0 else None
+    return value if np.isfinite(value) and (value != 0 or zero_ok) else None
 
 
 def _reason(exc: Exception) -> str:

@@ -7,11 +7,13 @@ data (a uniform region, or a difference image) in each axial slice::
 
     NPS(fx, fy) = Δx Δy / (Nx Ny) · < |DFT(ROI - trend)|² >     (HU² · mm²)
 
-averaged over ROIs and slices, then radially averaged in bins of ``1 / (N Δ)`` (1/mm).
+averaged over ROIs and slices, then radially averaged in bins of ``1 / (N Δ)`` (1/mm). :class:`NoisePowerSpectrum` is
+the one NPS type of medden: the CT noise estimate (:func:`medden.noise.ct_nps`) builds it with this function too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,47 +21,101 @@ import numpy as np
 from medden.errors import InputError
 from medden.metrics.inputs import ArrayOrVolume, as_array, as_mask, check_pair, resolve_spacing
 
-DETRENDS = ("mean", "poly2")
+DETRENDS = ("mean", "plane", "poly2")
 
 
 @dataclass(frozen=True)
 class NoisePowerSpectrum:
-    """A radially averaged 2D axial noise power spectrum.
+    """A 2D axial noise power spectrum and its radial average: the one NPS type of medden (the CT noise estimate's
+    :func:`medden.noise.ct_nps` and the metric :func:`noise_power_spectrum` both return it).
 
     Attributes
     ----------
-    frequencies : ndarray
-        Radial bin centres in 1/mm (cycles per mm).
-    nps : ndarray
-        Radially averaged NPS in units² · mm² (HU² · mm² for CT).
-    integral : float
-        Integral of the 2D NPS over frequency, in units² (HU²): equals the noise variance.
-    peak_frequency : float
-        Frequency of the radial NPS maximum (DC bin excluded), in 1/mm.
-    mean_frequency : float
-        NPS-weighted mean frequency ``f_av`` (TG-233), in 1/mm.
-    roi_size : int
-        Side of the square ROIs in voxels.
+    values : ndarray
+        The 2D NPS ``[n, n]`` in units² · mm² (HU² · mm² for CT), **centred** (``np.fft.fftshift`` order: zero
+        frequency at ``[n//2, n//2]``); ``∑ values · Δf_x · Δf_y`` is the noise variance.
+    freqs_x, freqs_y : ndarray
+        Its frequencies in cycles/mm (centred), along the two in-plane axes.
+    pixel_mm : (float, float)
+        In-plane voxel size.
     n_rois : int
         Number of 2D ROIs averaged.
-    nps_2d : ndarray
-        The 2D NPS (fftshifted, DC at the centre), HU² · mm².
+
+    Derived: :attr:`integral` (= :attr:`variance`, units²), :attr:`noise_std`, the radial average
+    (:attr:`frequencies`, :attr:`nps`, bins of ``1 / (n·Δ)`` with Δ the coarser pixel size, up to that axis's Nyquist
+    frequency), :attr:`peak_frequency` (DC bin excluded) and :attr:`mean_frequency` (TG-233 ``f_av``), 1/mm.
     """
 
-    frequencies: np.ndarray
-    nps: np.ndarray
-    integral: float
-    peak_frequency: float
-    mean_frequency: float
-    roi_size: int
+    values: np.ndarray = field(repr=False)
+    freqs_x: np.ndarray = field(repr=False)
+    freqs_y: np.ndarray = field(repr=False)
+    pixel_mm: tuple[float, float]
     n_rois: int
-    spacing: tuple[float, float]
-    nps_2d: np.ndarray = field(repr=False)
+
+    @property
+    def nps_2d(self) -> np.ndarray:
+        return self.values
+
+    @property
+    def spacing(self) -> tuple[float, float]:
+        return self.pixel_mm
+
+    @property
+    def roi_size(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def integral(self) -> float:
+        """∫ NPS df: the noise variance (units², HU² for CT) the spectrum accounts for."""
+        return float(self.values.sum() * abs(self.freqs_x[1] - self.freqs_x[0]) * abs(self.freqs_y[1] - self.freqs_y[0]))
+
+    variance = integral
 
     @property
     def noise_std(self) -> float:
         """Noise standard deviation implied by the NPS integral (units, HU for CT)."""
         return float(np.sqrt(self.integral))
+
+    def _radius(self) -> np.ndarray:
+        return np.hypot(*np.meshgrid(self.freqs_x, self.freqs_y, indexing="ij"))
+
+    @cached_property
+    def _radial(self) -> tuple[np.ndarray, np.ndarray]:
+        d0, d1 = self.pixel_mm
+        n = self.roi_size
+        df = 1.0 / (n * max(d0, d1))  # radial bin width: the coarser in-plane frequency step
+        idx = np.floor(self._radius() / df + 0.5).astype(int)
+        nbins = int(idx.max()) + 1
+        counts = np.bincount(idx.ravel(), minlength=nbins)
+        sums = np.bincount(idx.ravel(), weights=self.values.ravel(), minlength=nbins)
+        keep = counts > 0
+        freqs = (np.arange(nbins) * df)[keep]
+        radial = sums[keep] / counts[keep]
+        # keep the bins inside the Nyquist circle of the coarser axis: beyond it the annuli are incomplete
+        inside = freqs <= 0.5 / max(d0, d1) + 1e-12
+        return freqs[inside], radial[inside]
+
+    def radial(self) -> tuple[np.ndarray, np.ndarray]:
+        """The radially averaged NPS: ``(frequencies in 1/mm, NPS in units² · mm²)``."""
+        return self._radial
+
+    @property
+    def frequencies(self) -> np.ndarray:
+        return self._radial[0]
+
+    @property
+    def nps(self) -> np.ndarray:
+        return self._radial[1]
+
+    @property
+    def peak_frequency(self) -> float:
+        f, radial = self._radial
+        return float(f[1:][np.argmax(radial[1:])]) if len(f) > 1 else 0.0
+
+    @property
+    def mean_frequency(self) -> float:
+        total = self.values.sum()
+        return float((self._radius() * self.values).sum() / total) if total > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary with the radial curve (the 2D NPS left out)."""
@@ -72,9 +128,13 @@ def _detrend(roi: np.ndarray, how: str) -> np.ndarray:
     if how == "mean":
         return roi - roi.mean()
     n0, n1 = roi.shape
-    y, x = np.mgrid[0:n0, 0:n1]
-    x, y = x.ravel() / n1 - 0.5, y.ravel() / n0 - 0.5
-    a = np.c_[np.ones_like(x), x, y, x * x, x * y, y * y]
+    if how == "plane":  # first-order fit in pixel units (IEC 62220-1)
+        ii, jj = np.meshgrid(np.arange(n0), np.arange(n1), indexing="ij")
+        a = np.stack([np.ones(n0 * n1), ii.ravel(), jj.ravel()], axis=1)
+    else:
+        y, x = np.mgrid[0:n0, 0:n1]
+        x, y = x.ravel() / n1 - 0.5, y.ravel() / n0 - 0.5
+        a = np.c_[np.ones_like(x), x, y, x * x, x * y, y * y]
     coef, *_ = np.linalg.lstsq(a, roi.ravel(), rcond=None)
     return roi - (a @ coef).reshape(roi.shape)
 
@@ -118,8 +178,9 @@ def noise_power_spectrum(noise: ArrayOrVolume, mask: ArrayOrVolume | None = None
         (TG-233 suggests ROIs of about 64 voxels and many of them).
     axis : int
         The slice axis (2: ``k``, axial for usual scans); the NPS is computed in the plane of the other two.
-    detrend : {"mean", "poly2"}
-        Trend removed from each ROI: its mean, or a 2nd-order polynomial (TG-233, for slowly varying backgrounds).
+    detrend : {"mean", "plane", "poly2"}
+        Trend removed from each ROI: its mean, a plane (first order), or a 2nd-order polynomial (TG-233, for slowly
+        varying backgrounds).
     overlap : float
         Fractional overlap of neighbouring ROIs in [0, 1) (0.5 by default).
 
@@ -173,26 +234,6 @@ def noise_power_spectrum(noise: ArrayOrVolume, mask: ArrayOrVolume | None = None
         acc += np.abs(np.fft.fft2(roi)) ** 2
     nps2d = np.fft.fftshift(acc / len(corners) * d0 * d1 / (chosen * chosen))
 
-    f0 = np.fft.fftshift(np.fft.fftfreq(chosen, d0))
-    f1 = np.fft.fftshift(np.fft.fftfreq(chosen, d1))
-    fr = np.hypot(*np.meshgrid(f0, f1, indexing="ij"))
-    df = 1.0 / (chosen * max(d0, d1))  # radial bin width: the coarser in-plane frequency step
-    idx = np.floor(fr / df + 0.5).astype(int)
-    nbins = int(idx.max()) + 1
-    counts = np.bincount(idx.ravel(), minlength=nbins)
-    sums = np.bincount(idx.ravel(), weights=nps2d.ravel(), minlength=nbins)
-    keep = counts > 0
-    freqs = (np.arange(nbins) * df)[keep]
-    radial = sums[keep] / counts[keep]
-    # keep the bins inside the Nyquist circle of the coarser axis: beyond it the annuli are incomplete
-    nyq = 0.5 / max(d0, d1)
-    inside = freqs <= nyq + 1e-12
-    freqs, radial = freqs[inside], radial[inside]
-
-    integral = float(nps2d.sum() / (chosen * d0 * chosen * d1))
-    peak = float(freqs[1:][np.argmax(radial[1:])]) if len(freqs) > 1 else 0.0
-    total = nps2d.sum()
-    mean_f = float((fr * nps2d).sum() / total) if total > 0 else 0.0
-    return NoisePowerSpectrum(frequencies=freqs, nps=radial, integral=integral, peak_frequency=peak,
-                              mean_frequency=mean_f, roi_size=chosen, n_rois=len(corners), spacing=(d0, d1),
-                              nps_2d=nps2d)
+    return NoisePowerSpectrum(values=nps2d, freqs_x=np.fft.fftshift(np.fft.fftfreq(chosen, d0)),
+                              freqs_y=np.fft.fftshift(np.fft.fftfreq(chosen, d1)), pixel_mm=(float(d0), float(d1)),
+                              n_rois=len(corners))

@@ -7,11 +7,17 @@ are left out because they carry no noise.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medden import conventions
 from medden.errors import InputError
+
+if TYPE_CHECKING:
+    from medden.metrics.nps import NoisePowerSpectrum
 
 _MAD_TO_SIGMA = 0.6744897501960817  # Φ⁻¹(3/4): median(|N(0, 1)|)
 
@@ -251,40 +257,6 @@ def poisson_gaussian_params(data: np.ndarray, mask: np.ndarray | None = None, bi
     return float(a), float(b)
 
 
-@dataclass(frozen=True)
-class NoisePowerSpectrum:
-    """A 2D axial noise power spectrum.
-
-    ``values`` is ``[n, n]`` in HU²·mm², **centred** (``np.fft.fftshift`` order: zero frequency at ``[n//2, n//2]``),
-    with frequencies ``freqs_x``/``freqs_y`` in cycles/mm (also centred). ``∑ values · Δf_x · Δf_y`` is the noise
-    variance. Axes are those of the volume's axial plane (i, j) after the axial axis was moved last.
-    """
-
-    values: np.ndarray
-    freqs_x: np.ndarray
-    freqs_y: np.ndarray
-    pixel_mm: tuple[float, float]
-    n_rois: int
-
-    @property
-    def variance(self) -> float:
-        """∫ NPS df: the noise variance (HU²) the spectrum accounts for."""
-        return float(self.values.sum() * abs(self.freqs_x[1] - self.freqs_x[0]) * abs(self.freqs_y[1] - self.freqs_y[0]))
-
-    def radial(self, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Radially averaged NPS: ``(f, nps)`` with ``f`` in cycles/mm from 0 to the smaller Nyquist frequency."""
-        fx, fy = np.meshgrid(self.freqs_x, self.freqs_y, indexing="ij")
-        fr = np.hypot(fx, fy)
-        nyq = min(abs(self.freqs_x).max(), abs(self.freqs_y).max())
-        n_bins = n_bins or self.values.shape[0] // 2
-        edges = np.linspace(0, nyq, n_bins + 1)
-        idx = np.digitize(fr.ravel(), edges) - 1
-        ok = (idx >= 0) & (idx < n_bins)
-        total = np.bincount(idx[ok], self.values.ravel()[ok], n_bins)
-        count = np.bincount(idx[ok], minlength=n_bins)
-        return 0.5 * (edges[1:] + edges[:-1]), total / np.maximum(count, 1)
-
-
 def ct_nps(data: np.ndarray, spacing: tuple[float, float, float] | None = None, roi_size: int = 64,
            mask: np.ndarray | None = None, reference: np.ndarray | None = None,
            hu_range: tuple[float, float] = (-100.0, 200.0)) -> NoisePowerSpectrum:
@@ -298,8 +270,12 @@ def ct_nps(data: np.ndarray, spacing: tuple[float, float, float] | None = None, 
     Returns
     -------
     NoisePowerSpectrum
+        medden's one NPS type (:class:`medden.metrics.nps.NoisePowerSpectrum`), built by
+        :func:`medden.metrics.nps.noise_power_spectrum` with non-overlapping ROIs and a plane removed from each.
     """
     from scipy import ndimage
+
+    from medden.metrics.nps import noise_power_spectrum
 
     x = np.asarray(data, dtype=np.float32)
     if x.ndim != 3:
@@ -312,27 +288,17 @@ def ct_nps(data: np.ndarray, spacing: tuple[float, float, float] | None = None, 
     else:
         mask = np.asarray(mask, dtype=bool)
     noise = x - np.asarray(reference, dtype=np.float32) if reference is not None else x
+    nps = None
     for size in (roi_size, roi_size // 2):
-        rois = []
-        for k in range(x.shape[2]):
-            for i in range(0, x.shape[0] - size + 1, size):
-                for j in range(0, x.shape[1] - size + 1, size):
-                    if mask[i:i + size, j:j + size, k].all():
-                        rois.append(noise[i:i + size, j:j + size, k])
-        if len(rois) >= 4 or size < 32:
+        try:
+            nps = noise_power_spectrum(noise, mask, sp, roi_size=size, overlap=0.0, detrend="plane")
+        except InputError:  # no ROI of this size fits
+            nps = None
+        if (nps is not None and nps.n_rois >= 4) or size < 32:
             break
-    if len(rois) < 1:
+    if nps is None:
         raise InputError(f"no {roi_size // 2}-pixel square of homogeneous tissue to measure the noise power spectrum")
-    stack = np.stack(rois).astype(np.float64)
-    ii, jj = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    design = np.stack([np.ones(size * size), ii.ravel(), jj.ravel()], axis=1)
-    coef, *_ = np.linalg.lstsq(design, stack.reshape(len(rois), -1).T, rcond=None)
-    detrended = stack - (design @ coef).T.reshape(stack.shape)
-    power = np.mean(np.abs(np.fft.fft2(detrended)) ** 2, axis=0) * sp[0] * sp[1] / (size * size)
-    return NoisePowerSpectrum(values=np.fft.fftshift(power).astype(np.float64),
-                              freqs_x=np.fft.fftshift(np.fft.fftfreq(size, sp[0])),
-                              freqs_y=np.fft.fftshift(np.fft.fftfreq(size, sp[1])),
-                              pixel_mm=(float(sp[0]), float(sp[1])), n_rois=len(rois))
+    return nps
 
 
 def nps_to_sigma_psd(nps: NoisePowerSpectrum, shape: tuple[int, ...], axial_axis: int = 2) -> np.ndarray:
@@ -365,11 +331,12 @@ def nps_to_sigma_psd(nps: NoisePowerSpectrum, shape: tuple[int, ...], axial_axis
 
 @dataclass(frozen=True)
 class NoiseEstimate:
-    """The noise level of a volume as :func:`estimate_noise` found it.
+    """The noise of a volume, as given or as :func:`estimate_noise` found it: what every denoiser receives.
 
-    ``sigma``: a global standard deviation in the volume's units; ``method``: the estimator used; ``noise_map``: an
-    optional array of the volume's shape (local σ, e.g. CT); ``nps``: an optional axial noise power spectrum (CT),
-    whose :meth:`sigma_psd` gives bm3d/bm4d their ``sigma_psd``.
+    ``sigma``: a global standard deviation in the volume's units; ``method``: how it was obtained (``"given"``, or
+    the estimator used); ``noise_map``: an optional array of the volume's shape (local σ, e.g. CT); ``nps``: an
+    optional axial noise power spectrum (CT), whose :meth:`sigma_psd` gives bm3d/bm4d their ``sigma_psd``;
+    ``axial_axis``: the voxel axis across the spectrum's planes.
     """
 
     sigma: float
@@ -377,6 +344,42 @@ class NoiseEstimate:
     noise_map: np.ndarray | None = None
     nps: NoisePowerSpectrum | None = None
     axial_axis: int = 2
+
+    @classmethod
+    def given(cls, sigma) -> "NoiseEstimate":
+        """A level given by the user: a number ≥ 0, or a noise map (array of local σ; its median is the level)."""
+        from medden.errors import ParameterError
+
+        if np.ndim(sigma):
+            noise_map = np.asarray(sigma, dtype=np.float32)
+            if noise_map.ndim != 3 or not np.isfinite(noise_map).all() or (noise_map < 0).any():
+                raise ParameterError("a noise map must be a 3D array of finite values ≥ 0")
+            return cls(float(np.median(noise_map)), "given", noise_map=noise_map)
+        try:
+            value = float(sigma)
+        except (TypeError, ValueError):
+            raise ParameterError(f"sigma must be 'auto' or a number, got {sigma!r}") from None
+        if not np.isfinite(value) or value < 0:
+            raise ParameterError(f"sigma must be a finite number ≥ 0, got {sigma!r}")
+        return cls(value, "given")
+
+    @property
+    def estimated(self) -> bool:
+        return self.method != "given"
+
+    @property
+    def source(self) -> str:
+        """``"given"`` or ``"estimated (METHOD)"``: how the level was obtained, for records and messages."""
+        return f"estimated ({self.method})" if self.estimated else "given"
+
+    @property
+    def level(self):
+        """The noise map when there is one, else ``sigma``."""
+        return self.noise_map if self.noise_map is not None else self.sigma
+
+    def white(self) -> "NoiseEstimate":
+        """The same level without a spectrum (white noise)."""
+        return dataclasses.replace(self, nps=None)
 
     def sigma_psd(self, shape: tuple[int, ...]) -> np.ndarray | float:
         """``sigma_psd`` for bm3d (2D ``shape``) / bm4d (3D ``shape``): the NPS when known, else ``sigma``.
@@ -387,6 +390,12 @@ class NoiseEstimate:
             return self.sigma
         psd = nps_to_sigma_psd(self.nps, shape, self.axial_axis)
         return psd * (self.sigma ** 2 / max(self.nps.variance, 1e-12))
+
+
+def as_noise(sigma) -> NoiseEstimate:
+    """Whatever form a noise level arrives in — a :class:`NoiseEstimate`, a number, a noise map — as a
+    :class:`NoiseEstimate` (numbers and maps are ``"given"``)."""
+    return sigma if isinstance(sigma, NoiseEstimate) else NoiseEstimate.given(sigma)
 
 
 def estimate_noise(volume) -> NoiseEstimate:
@@ -411,7 +420,7 @@ def estimate_noise(volume) -> NoiseEstimate:
         except InputError:  # no air around the object (a crop): the finest wavelet band still measures the noise
             return NoiseEstimate(sigma_wavelet_mad(data), "wavelet-mad")
     if volume.modality == "CT":
-        axis = int(np.argmax(np.abs(volume.direction[2, :])))
+        axis = conventions.axial_axis(volume.direction)
         axial = np.moveaxis(data, axis, 2)
         spacing = tuple(volume.spacing[a] for a in [a for a in range(3) if a != axis] + [axis])
         try:

@@ -55,14 +55,9 @@ from medden.noise.arrays import GeneratorLike, make_generator, randn_like, to_te
 from medden.noise.ct_projector import (FILTERS, FanBeam, ParallelBeam, fbp_parallel, forward_project, fov_radius_mm,
                                        rebin_fan_to_parallel)
 
-I0_PHOTONS = 1.0e5
-SIGMA_ELECTRONIC = math.sqrt(10.0)
-MU_WATER_PER_MM = 0.0194
-VIEWS_REFERENCE = 1152
-SOURCE_TO_ISOCENTER_MM = 595.0
-SOURCE_TO_DETECTOR_MM = 1085.6
-N_VIEWS = 576
-MIN_COUNTS = 1.0  # photons; a ray that detects none is read as one (photon starvation)
+from medden.noise.ct_constants import (I0_PHOTONS, MIN_COUNTS, MU_WATER_PER_MM, N_VIEWS,  # noqa: E402,F401
+                                       SIGMA_ELECTRONIC, SOURCE_TO_DETECTOR_MM, SOURCE_TO_ISOCENTER_MM,
+                                       VIEWS_REFERENCE)
 
 
 def check_hu(x: torch.Tensor) -> None:

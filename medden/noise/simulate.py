@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
+from medden import conventions
 from medden.errors import InputError, ParameterError
-from medden.noise.mri import reference_signal
 from medden.noise.registry import get_model
 from medden.volume import Volume
 
@@ -24,6 +24,8 @@ def resolve_sigma(data: np.ndarray, sigma: float | str) -> float:
                 percent = float(text[:-1])
                 if not percent >= 0:
                     raise ValueError
+                from medden.noise.mri import reference_signal
+
                 return percent / 100 * reference_signal(data, SIGMA_PERCENT_REFERENCE)
             sigma = float(text)
         except ValueError:
@@ -35,7 +37,7 @@ def resolve_sigma(data: np.ndarray, sigma: float | str) -> float:
 
 def axial_axis(volume: Volume) -> int:
     """The voxel axis that points most nearly superior–inferior: the axis across axial slices."""
-    return int(np.argmax(np.abs(volume.direction[2, :])))
+    return conventions.axial_axis(volume.direction)
 
 
 def simulate(volume: Volume, model: str, *, seed: int = 0, device: str = "cpu", **params: Any) -> Volume:
@@ -74,7 +76,9 @@ def simulate(volume: Volume, model: str, *, seed: int = 0, device: str = "cpu", 
     spec = get_model(model)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ParameterError(f"seed must be an integer, got {seed!r}")
-    given = spec.resolve_params(params)
+    resolved = spec.resolve_params(params)
+    # the model functions get only what was given (their own defaults equal the registry's, see the tests)
+    given = {k: resolved[k] for k in params if resolved[k] is not None}
     call = dict(given)
     if "sigma" in call:
         call["sigma"] = resolve_sigma(volume.data, call["sigma"])

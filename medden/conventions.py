@@ -1,0 +1,75 @@
+"""Conventions every part of medden shares, defined once: modality codes, the file suffixes of a scan, file hashing,
+the slice (axial) axis of a volume, Hounsfield-unit scaling and the percentile of the non-zero voxels.
+
+NumPy and the standard library only, so anything may import it (io, noise, metrics, models, training, the CLI).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Iterable
+
+import numpy as np
+
+#: DICOM modality codes medden knows; anything else is ``"OT"`` (other).
+MODALITIES = ("CT", "MR", "PT", "NM", "DX", "CR", "OT")
+ALL_MODALITIES = MODALITIES
+
+#: File name endings of a single-file scan medden reads (a DICOM series is a folder, or ``.dcm`` files).
+SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+#: Hounsfield units per network unit: every CT network sees ``HU / CT_HU_PER_UNIT`` (air −1, water 0, dense bone ≈ 1).
+#: The U-Nets' cards record ``offset 0, scale 1000``; the diffusion prior's ``z = 2·(HU − offset)/scale − 1`` uses
+#: ``offset −1000, scale 2000``, which is the same ``HU/1000`` (see :data:`medden.models.card.CT_NORMALISATION`).
+CT_HU_PER_UNIT = 1000.0
+
+
+def is_scan_file(name: str | os.PathLike) -> bool:
+    """Whether a file name ends in one of :data:`SCAN_SUFFIXES` (case-insensitive)."""
+    return os.fspath(name).lower().endswith(SCAN_SUFFIXES)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    return sha256_paths([path])
+
+
+def sha256_paths(paths: Iterable[str | os.PathLike]) -> str:
+    """SHA-256 (hex) over the bytes of ``paths`` in the order given (a folder: its files in sorted order), read in
+    1 MiB chunks."""
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def slice_axis(spacing) -> int:
+    """The axis a volume is cut into slices along: the coarsest-spacing one when it is > 1.2× the finest, else the
+    last (the axial axis of a NIfTI/DICOM volume)."""
+    sp = np.asarray(spacing if spacing is not None else (1.0, 1.0, 1.0), dtype=float)
+    return int(np.argmax(sp)) if sp.max() > 1.2 * sp.min() else 2
+
+
+def axial_axis(direction) -> int:
+    """The voxel axis across axial slices: the one whose direction points most nearly superior–inferior
+    (``direction`` is a volume's 3×3 matrix of unit axis vectors in patient coordinates, e.g.
+    :attr:`medden.volume.Volume.direction`)."""
+    return int(np.argmax(np.abs(np.asarray(direction)[2, :])))
+
+
+def nonzero_percentile(data: np.ndarray, q: float, *, absolute: bool = True) -> float:
+    """The ``q``-th percentile (0–100) of the non-zero voxels of ``data`` (of their magnitudes when ``absolute``);
+    1.0 when every voxel is zero. Above 4 M voxels a strided subsample of about 2 M gives the same value within 1 %."""
+    flat = np.asarray(data).reshape(-1)
+    if flat.size > 4_000_000:
+        flat = flat[:: flat.size // 2_000_000]
+    values = np.abs(flat) if absolute else flat
+    nonzero = values[values != 0]
+    return float(np.percentile(nonzero, q)) if nonzero.size else 1.0

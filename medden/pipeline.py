@@ -64,16 +64,6 @@ def override_modality(volume: Volume, modality: str = "auto") -> Volume:
     return dataclasses.replace(volume, modality=code, meta={**volume.meta, "modality_source": "given by --modality"})
 
 
-def resolve_sigma(volume: Volume, sigma: float | str) -> float | str:
-    """``"auto"``, a number in the volume's units, or ``"N%"`` of the 99.9th percentile of the non-zero voxels (the
-    same reading as ``medden simulate --sigma``)."""
-    if isinstance(sigma, str) and sigma.strip().lower() == "auto":
-        return "auto"
-    from medden.noise.simulate import resolve_sigma as sigma_in_units
-
-    return sigma_in_units(volume.data, sigma)
-
-
 def _refuse_foreign(output: Path, overwrite: bool) -> None:
     if overwrite and Path(output).is_dir():
         foreign = foreign_files(output)
@@ -105,7 +95,6 @@ def denoise_file(source: str | os.PathLike, output: str | os.PathLike, *, method
     step(f"Loading {source}")
     volume = override_modality(load_volume(source, series_uid=series_uid), modality)
     check_output(output, like=volume, overwrite=overwrite, protect=(source,))
-    sigma = resolve_sigma(volume, sigma)
     with output_lock(output):
         step(f"Denoising ({method}; {'estimating noise, ' if sigma == 'auto' else ''}"
              f"{volume.shape[0]}×{volume.shape[1]}×{volume.shape[2]} voxels)")

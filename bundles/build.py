@@ -2,14 +2,23 @@
 
     python bundles/build.py          # after exporting new weights into medden/models/weights/
 
-Each bundle ``bundles/NAME/`` gets configs/metadata.json, configs/inference.json, configs/train.json, models/ (relative
-symbolic links to the package's weights and card, so the repository holds each model once), docs/README.md (generated, unless edited by hand: remove the "generated" marker to keep
-it) and LICENSE. The medden training config of each model is ``bundles/NAME/configs/medden_train.json``.
+Each bundle ``bundles/NAME/`` gets configs/metadata.json, configs/inference.json (with the ``network_def`` MONAI's
+``verify_net_in_out`` builds), configs/train.json, models/ (copies of the package's weights and card, byte-identical,
+so the bundle folder stands alone), large_files.yml (the weights' sha256), docs/README.md (generated, unless edited by
+hand: remove the "generated" marker to keep it) and LICENSE. The medden training config of each model is
+``bundles/NAME/configs/medden_train.json``.
+
+Check a bundle offline against MONAI's metadata schema (a copy lies in ``bundles/monai_schema/``)::
+
+    python -m monai.bundle verify_metadata --meta_file bundles/NAME/configs/metadata.json \\
+        --filepath bundles/monai_schema/meta_schema_20240725.json
+    python -m monai.bundle verify_net_in_out network_def --config_file bundles/NAME/configs/inference.json \\
+        --meta_file bundles/NAME/configs/metadata.json
 """
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,36 +36,50 @@ BUNDLES = {
 }
 
 
-def inference_config(name: str, method: str) -> dict:
-    """Denoise every scan in @dataset_dir into @output_dir with medden's public load_volume / denoise / save_volume."""
+def network_def(card: dict) -> dict:
+    """The network as a MONAI config component (``_target_``): the card's architecture and configuration, so
+    ``python -m monai.bundle verify_net_in_out network_def`` builds the very network the weights fit. It takes one
+    ``[B, 2, D, H, W]`` tensor (the normalised image and its noise-level map) and returns the denoised image."""
+    from medden.models import ARCHITECTURES
+
+    cls = ARCHITECTURES[card["architecture"]]
+    return {"_target_": f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__name__}", **card["config"]}
+
+
+def inference_config(method: str, card: dict) -> dict:
+    """Denoise every scan in @dataset_dir into @output_dir with medden's public load_volume / denoise / save_volume.
+
+    ``bundle_root`` is found from the config file's own location (``medden.bundle.bundle_root``), so the bundle runs
+    from any folder; a missing or empty dataset folder, or missing weights, stop the run with one ``error:`` line.
+    """
     return {
-        "imports": ["$import os", "$import glob", "$import medden"],
-        "bundle_root": f"bundles/{name}",
+        "imports": ["$import os", "$import medden", "$import medden.bundle"],
+        "bundle_root": "$medden.bundle.bundle_root()",
         "dataset_dir": "data",
         "output_dir": "denoised",
         "method": method,
         "sigma": "auto",
         "device": "auto",
-        "weights_file": "$os.path.join(@bundle_root, 'models', 'model.safetensors')",
-        "weights": "$@weights_file if os.path.isfile(@weights_file) else ''",
+        "network_def": network_def(card),
+        "weights": "$medden.bundle.weights_file(@bundle_root)",
         "extensions": [".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm"],
-        "scans": "$sorted(p for p in glob.glob(os.path.join(@dataset_dir, '*')) "
-                 "if os.path.isdir(p) or p.endswith(tuple(@extensions)))",
+        "scans": "$medden.bundle.scan_paths(@dataset_dir, @extensions)",
         "output_path": "$lambda p: os.path.join(@output_dir, os.path.basename(p.rstrip(os.sep)))",
         "denoise_one": "$lambda p: medden.save_volume(medden.denoise(medden.load_volume(p), method=@method, "
                        "sigma=@sigma, device=@device, weights=@weights), @output_path(p), overwrite=True)",
-        "initialize": ["$os.makedirs(@output_dir, exist_ok=True)",
-                       "$print(len(@scans), 'scan(s) in', @dataset_dir, '->', @output_dir)"],
+        "initialize": ["$print(len(@scans), 'scan(s) in', @dataset_dir, '->', @output_dir, 'with', @weights)",
+                       "$os.makedirs(@output_dir, exist_ok=True)"],
         "run": ["$[print(@denoise_one(p) or p) for p in @scans]"],
         "finalize": [],
     }
 
 
-def train_config(cfg_path: str) -> dict:
-    """Train (or resume) with medden's own loop from the repository config."""
+def train_config() -> dict:
+    """Train (or resume) with medden's own loop from the bundle's ``configs/medden_train.json``."""
     return {
-        "imports": ["$import medden.training"],
-        "config_file": cfg_path,
+        "imports": ["$import os", "$import medden.bundle", "$import medden.training"],
+        "bundle_root": "$medden.bundle.bundle_root()",
+        "config_file": "$os.path.join(@bundle_root, 'configs', 'medden_train.json')",
         "config": "$medden.training.load_config(@config_file)",
         "initialize": [],
         "run": ["$medden.training.train(@config)"],
@@ -103,7 +126,8 @@ def metadata(name: str, spec: dict, card: dict) -> dict:
                        f"from the scan (medden.noise.estimate_noise). Normalisation: {card['normalisation']}.",
         "authors": "medden contributors",
         "copyright": "Copyright (c) medden contributors; weights trained on the volumes listed in docs/README.md",
-        "data_source": "; ".join(f"{d['path']} ({d['licence']})" for d in tr.get("data", [])),
+        "data_source": "; ".join(f"{data_path(d['path'], spec['modality'])} ({d['licence']})"
+                                 for d in tr.get("data", [])) + " (paths relative to the data root, MEDDEN_DATA)",
         "data_type": "nifti, nrrd, mha or DICOM (anything medden.load_volume reads)",
         "intended_use": "Research denoising; not a medical device.",
         "references": ["Zhang et al., FFDNet, IEEE TIP 2018 (noise-level map as input)",
@@ -135,6 +159,17 @@ HELD_OUT = {"MR": ["lindner_mr_gd_t1ce_brain_1mm.nii.gz (no licence stated)",
             "CT": ["pyradiomics_lung1_chest.nii.gz (another source than the training volumes)"]}
 
 
+#: Folder of each modality's volumes under the data root (the layout of the data README).
+DATA_FOLDER = {"MR": "mri", "CT": "ct"}
+
+
+def data_path(path: str, modality: str) -> str:
+    """A training volume named relative to the data root (``MEDDEN_DATA``): ``mri/NAME`` or ``ct/NAME``, never the
+    absolute path of the machine that trained the model."""
+    p = Path(path)
+    return p.as_posix() if not p.is_absolute() and len(p.parts) > 1 else f"{DATA_FOLDER[modality]}/{p.name}"
+
+
 def model_doc(name: str, spec: dict, card: dict) -> str:
     """The model's docs/README.md: what it is, the exact training command, data with licences, curves, benchmark."""
     tr = card.get("training", {})
@@ -159,15 +194,16 @@ def model_doc(name: str, spec: dict, card: dict) -> str:
              + (f", initialised from `{tr['init_weights']}`" if tr.get("init_weights") else "") + ". "
              "Each stage is resumable: rerunning its command continues from its checkpoint folder. The CPU recipe "
              "(stage 0) runs anywhere; the GPU stages also run on a CPU, many times slower.", "",
-             "Training volumes (from `../shared/data`, see its README for provenance):", ""]
+             "Training volumes (paths relative to the data root, the folder named by `MEDDEN_DATA`; its README "
+             "gives each volume's provenance):", ""]
     for d in tr.get("data", []):
         extra = f", average-pooled ×{d['downsample']} along its fine axes (a cleaner target)" if d.get("downsample", 1) > 1 else ""
         extra += f", slices {d['slices'][0]}–{d['slices'][1]}" if d.get("slices") else ""
-        lines.append(f"- `{d['path']}` — {d['licence']}{extra}")
+        lines.append(f"- `{data_path(d['path'], spec['modality'])}` — {d['licence']}{extra}")
     if tr.get("synthetic_volumes"):
         lines.append(f"- {tr['synthetic_volumes']} synthetic piecewise-smooth volumes (random ellipsoids, bias field, "
                      "texture; `medden.training.data.synthetic_volume`)")
-    lines += ["", "Validation (monitoring only): " + ", ".join(f"`{d['path']}` ({d['licence']})"
+    lines += ["", "Validation (monitoring only): " + ", ".join(f"`{data_path(d['path'], spec['modality'])}` ({d['licence']})"
                                                           for d in tr.get("validation", [])),
               "", "Inference-time local-mean fidelity (`medden.denoisers.fidelity`): "
               + (f"{fid['scale_mm']} mm, {fid['domain']} domain, chosen by `{fid.get('command', '')}` on "
@@ -249,23 +285,39 @@ def bench_table(res: dict, modality: str, method: str) -> list[str]:
     return out + [""]
 
 
+def large_files(files: dict[str, str]) -> str:
+    """``large_files.yml`` (model-zoo convention) listing the weights with their sha256. The weights ship in the
+    repository, so nothing is downloaded: ``python -m monai.bundle download_large_files --bundle_path bundles/NAME``
+    finds each file in place and only checks its hash."""
+    lines = ["# The weights ship with the bundle (models/); nothing is downloaded at run time.",
+             "# python -m monai.bundle download_large_files --bundle_path bundles/NAME checks their sha256.",
+             "large_files:"]
+    for rel, digest in files.items():
+        lines += [f'  - path: "{rel}"', '    url: ""', f'    hash_val: "{digest}"', '    hash_type: "sha256"']
+    return "\n".join(lines) + "\n"
+
+
 def build(name: str, spec: dict) -> Path:
+    from medden.data import sha256_file
     from medden.models import SHIPPED, WEIGHTS_DIR
 
     weights = WEIGHTS_DIR / SHIPPED[spec["method"]]
     card = json.loads(weights.with_suffix(".json").read_text())
+    if sha256_file(weights) != card["sha256"]:
+        raise SystemExit(f"error: {weights} does not match the sha256 on its card; export the model again")
     root = ROOT / "bundles" / name
     for sub in ("configs", "models", "docs"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for src, dst in ((weights, "model.safetensors"), (weights.with_suffix(".json"), "model.json")):
-        link = root / "models" / dst
-        link.unlink(missing_ok=True)
-        link.symlink_to(os.path.relpath(src, link.parent))
+        copy = root / "models" / dst  # a real file: a bundle folder must stand alone (zipped, downloaded, copied)
+        copy.unlink(missing_ok=True)
+        shutil.copyfile(src, copy)
     dump = lambda obj, p: p.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")  # noqa: E731
     dump(metadata(name, spec, card), root / "configs" / "metadata.json")
-    dump(inference_config(name, spec["method"]), root / "configs" / "inference.json")
-    dump(train_config(spec["config"]), root / "configs" / "train.json")
+    dump(inference_config(spec["method"], card), root / "configs" / "inference.json")
+    dump(train_config(), root / "configs" / "train.json")
     dump(multi_gpu_train_config(), root / "configs" / "multi_gpu_train.json")
+    (root / "large_files.yml").write_text(large_files({"models/model.safetensors": card["sha256"]}))
     doc = root / "docs" / "README.md"
     if not doc.is_file() or "<!-- generated -->" in doc.read_text():
         doc.write_text("<!-- generated -->\n" + model_doc(name, spec, card))

@@ -100,7 +100,7 @@ def _sha256(path: Path) -> str:
 
 
 def _settings_key(input_sha: str, method: str, sigma, params: dict) -> str:
-    from medden import __version__
+    from medden._version import __version__
 
     text = json.dumps({"input": input_sha, "method": method, "sigma": sigma, "params": params,
                        "medden": __version__}, sort_keys=True, default=str)
@@ -109,7 +109,7 @@ def _settings_key(input_sha: str, method: str, sigma, params: dict) -> str:
 
 def write_description(out_dir: Path, bids_dir: Path) -> Path:
     """The derivative's ``dataset_description.json`` (DatasetType derivative, GeneratedBy, the raw dataset)."""
-    from medden import __version__
+    from medden._version import __version__
 
     raw_uri = Path(bids_dir).resolve().as_uri()
     body = {"Name": "medden denoised anatomical images", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
@@ -126,7 +126,9 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
                     suffixes: list[str] = DEFAULT_SUFFIXES, method: str = "auto", sigma: float | str = "auto",
                     params: dict[str, Any] | None = None, device: str = "auto") -> BidsResult:
     """Denoise the anatomical images of the chosen participants (all when ``labels`` is empty) into ``out_dir``."""
-    from medden import __version__, denoise, load_volume, save_volume
+    from medden._version import __version__
+    from medden.denoisers import denoise
+    from medden.io import load_volume, save_volume
     from medden.io import sidecar_path
     from medden.denoisers import get_method
     from medden.noise.estimate import sigma_wavelet_mad

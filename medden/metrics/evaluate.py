@@ -24,12 +24,69 @@ from medden.metrics.sharpness import EdgeMTF, edge_mtf
 from medden.metrics.uncertainty import UncertaintyCalibration, uncertainty_calibration
 from medden.volume import Volume
 
-#: Scalar metrics shown as bar charts and table columns, with their units and whether higher is better.
-SCALARS: dict[str, tuple[str, bool]] = {
-    "psnr": ("dB", True), "ssim": ("", True), "rmse": ("units", False), "mae": ("units", False),
-    "hu_bias": ("units", False), "noise_std": ("units", False), "nps_peak_frequency": ("1/mm", True),
-    "nps_mean_frequency": ("1/mm", True), "mtf50": ("1/mm", True), "mtf50_ratio": ("", True),
+#: Scalar metrics shown as bar charts and table columns: unit (``IMAGE_UNITS``: the image's own, HU for CT) and
+#: which value is better. The NPS frequencies describe the texture of the remaining noise: a denoiser that keeps it
+#: stays close to the noisy input's (lower means blotchier noise), so neither higher nor lower is better.
+SCALARS: dict[str, tuple[str, str]] = {
+    "psnr": ("dB", "higher"), "ssim": ("", "higher"), "rmse": ("IMAGE_UNITS", "lower"),
+    "mae": ("IMAGE_UNITS", "lower"), "hu_bias": ("HU", "closer to 0"), "bias": ("IMAGE_UNITS", "closer to 0"),
+    "noise_std": ("IMAGE_UNITS", "lower"), "nps_peak_frequency": ("1/mm", "closer to the noisy input's"),
+    "nps_mean_frequency": ("1/mm", "closer to the noisy input's"), "mtf50": ("1/mm", "higher"),
+    "mtf50_ratio": ("", "closer to 1"),
 }
+
+
+def image_units(modality: str) -> str:
+    """Units of an image's voxel values, for labels: HU for CT, otherwise the scanner's own."""
+    return "HU" if modality == "CT" else "image units"
+
+
+def scalar_unit(key: str, modality: str) -> str:
+    """The unit of the scalar ``key`` (see :data:`SCALARS`) for an image of ``modality``."""
+    unit = SCALARS[key][0]
+    return image_units(modality) if unit == "IMAGE_UNITS" else unit
+
+
+@dataclass(frozen=True)
+class MetricsTable(Sequence):
+    """The headline scalars of every image: prints as a text table (Markdown, columns aligned, units in the
+    header), renders as a table in a notebook, and is a sequence of records (one dict per image, all of
+    :data:`SCALARS` with None where not measured) for code."""
+
+    records: tuple[dict[str, Any], ...]
+    modality: str = "OT"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.records[i]
+
+    @property
+    def columns(self) -> list[str]:
+        """The scalars measured on at least one image, in :data:`SCALARS` order."""
+        return [k for k in SCALARS if any(_f(r.get(k)) is not None for r in self.records)]
+
+    def to_markdown(self) -> str:
+        cols = self.columns
+        head = ["image"] + [f"{k} [{u}]" if (u := scalar_unit(k, self.modality)) else k for k in cols]
+        rows = [[str(r["name"])] + [format_cell(r.get(k)) for k in cols] for r in self.records]
+        widths = [max(len(row[c]) for row in [head] + rows) for c in range(len(head))]
+        line = lambda cells: "| " + " | ".join(  # noqa: E731
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+        return "\n".join([line(head), rule] + [line(r) for r in rows])
+
+    __str__ = __repr__ = _repr_markdown_ = to_markdown
+
+
+def format_cell(v: Any) -> str:
+    """A table cell: 4 significant digits, "–" for not measured."""
+    if v is None:
+        return "–"
+    if isinstance(v, (float, np.floating)):
+        return "inf" if math.isinf(v) else ("–" if math.isnan(v) else f"{v:.4g}")
+    return str(v)
 
 
 @dataclass
@@ -41,7 +98,7 @@ class ImageMetrics:
     ssim: float
     rmse: float
     mae: float
-    hu_bias: float  #: largest |bias| over the ROIs (signed), or the mean bias over the mask when no ROI is given
+    bias: float  #: largest |bias| over the ROIs (signed), or the mean bias over the mask when no ROI is given
     roi_stats: dict[str, RoiStats] = field(default_factory=dict)
     roi_bias: dict[str, HuBias] = field(default_factory=dict)
     cnr: dict[str, float] = field(default_factory=dict)
@@ -51,6 +108,12 @@ class ImageMetrics:
     seconds: float | None = None
     #: calibration of the estimate's uncertainty map (posterior standard deviation), when one was given
     uncertainty: UncertaintyCalibration | None = None
+    modality: str = "OT"  #: the reference's: the bias is an HU bias for CT only
+
+    @property
+    def hu_bias(self) -> float | None:
+        """The bias in HU, for CT; None for other modalities (their bias is in the scanner's units)."""
+        return self.bias if self.modality == "CT" else None
 
     @property
     def noise_std(self) -> float | None:
@@ -65,7 +128,7 @@ class ImageMetrics:
         """The headline numbers (see :data:`SCALARS`)."""
         m50 = self.mtf50
         return {"psnr": self.psnr, "ssim": self.ssim, "rmse": self.rmse, "mae": self.mae, "hu_bias": self.hu_bias,
-                "noise_std": self.noise_std,
+                "bias": None if self.modality == "CT" else self.bias, "noise_std": self.noise_std,
                 "nps_peak_frequency": self.nps.peak_frequency if self.nps else None,
                 "nps_mean_frequency": self.nps.mean_frequency if self.nps else None, "mtf50": m50,
                 "mtf50_ratio": (m50 / reference_mtf50) if (m50 and reference_mtf50) else None}
@@ -110,9 +173,14 @@ class EvaluationResult:
         """The noisy input (if any) then the estimates."""
         return ([self.noisy] if self.noisy else []) + list(self.methods.values())
 
-    def table(self) -> list[dict[str, Any]]:
-        """One row per image with the headline scalars."""
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per image (noisy input first) with the headline scalars of :data:`SCALARS`."""
         return [{"name": m.name, **m.scalars(self.reference_mtf50)} for m in self.all_images()]
+
+    def table(self) -> MetricsTable:
+        """The headline scalars as a table: ``print(result.table())`` shows it as text, a notebook as a table;
+        it is also a sequence of the :meth:`records`."""
+        return MetricsTable(tuple(self.records()), self.modality)
 
     def to_dict(self) -> dict[str, Any]:
         ref50 = self.reference_mtf50
@@ -127,7 +195,7 @@ class EvaluationResult:
             "nps_region": self.nps_region,
             "noisy": self.noisy.to_dict(ref50) if self.noisy else None,
             "methods": {k: v.to_dict(ref50) for k, v in self.methods.items()},
-            "table": [_clean(r) for r in self.table()],
+            "table": [_clean(r) for r in self.records()],
             "notes": list(self.notes),
         }
 
@@ -249,6 +317,7 @@ def evaluate(reference: ArrayOrVolume, estimates: Mapping[str, ArrayOrVolume], n
     grid = reference if isinstance(reference, Volume) else ref
     masks = {r.name: roi_mask(grid, r) for r in roiset.rois}  # raises InputError for an ROI outside the volume
     peak = float(data_range) if data_range is not None else reference_range(ref, m)
+    modality = reference.modality if isinstance(reference, Volume) else "OT"
     notes: list[str] = []
 
     noise_rois = roiset.with_role("noise")
@@ -292,12 +361,12 @@ def evaluate(reference: ArrayOrVolume, estimates: Mapping[str, ArrayOrVolume], n
         mn = method_noise(noisy_a, img, ref, mask=m, spacing=sp) if noisy_a is not None and name != "noisy" else None
         return ImageMetrics(name=name, psnr=psnr(ref, img, m, data_range=peak),
                             ssim=ssim_3d(ref, img, m, spacing=sp, data_range=peak), rmse=rmse(ref, img, m),
-                            mae=mae(ref, img, m), hu_bias=worst, roi_stats=stats, roi_bias=bias, cnr=c,
-                            nps=nps_of(img, name), mtf=mtfs(img, name), method_noise=mn)
+                            mae=mae(ref, img, m), bias=worst, roi_stats=stats, roi_bias=bias, cnr=c,
+                            nps=nps_of(img, name), mtf=mtfs(img, name), method_noise=mn, modality=modality)
 
     result = EvaluationResult(
         reference_name=reference_name, shape=tuple(ref.shape), spacing=tuple(sp),  # type: ignore[arg-type]
-        modality=reference.modality if isinstance(reference, Volume) else "OT", data_range=peak,
+        modality=modality, data_range=peak,
         methods={}, rois=roiset, nps_region=nps_region, notes=notes,
         reference_roi_stats={r.name: roi_stats(ref, masks[r.name]) for r in roiset.rois},
         affine=reference.affine if isinstance(reference, Volume) else np.diag([*sp, 1.0]))
@@ -317,4 +386,5 @@ def evaluate(reference: ArrayOrVolume, estimates: Mapping[str, ArrayOrVolume], n
     return result
 
 
-__all__ = ["evaluate", "EvaluationResult", "ImageMetrics", "uniform_mask", "SCALARS"]
+__all__ = ["evaluate", "EvaluationResult", "ImageMetrics", "MetricsTable", "uniform_mask", "SCALARS", "image_units",
+           "scalar_unit"]

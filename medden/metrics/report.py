@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,25 @@ from typing import Any
 import numpy as np
 
 from medden.errors import OutputError
-from medden.metrics.evaluate import SCALARS, EvaluationResult
+from medden.metrics.evaluate import SCALARS, EvaluationResult, format_cell, image_units, scalar_unit
 
 #: Label, voxel-axis letters (RAS) and orientation letter of each standard view.
 VIEWS = (("axial", "SI"), ("coronal", "AP"), ("sagittal", "LR"))
+#: CT display window (level, width) in HU: the soft-tissue window W400/L40, i.e. −160 … 240 HU.
+CT_WINDOW = (40.0, 400.0)
+DPI = 100
+PANEL_INCHES = 4.2  #: side of one image panel (420 pixels at DPI)
+
+
+def display_window(result: EvaluationResult) -> tuple[float, float, str]:
+    """(low, high, description) of the grey-level window for the images: the CT soft-tissue window for CT (a
+    window spanning air to bone shows soft tissue as one grey), the reference's 0.5–99.5th percentiles otherwise."""
+    if result.modality == "CT":
+        level, width = CT_WINDOW
+        return level - width / 2, level + width / 2, f"soft-tissue window W{width:g}/L{level:g} HU"
+    lo, hi = (float(v) for v in np.percentile(result.images["reference"], [0.5, 99.5]))
+    hi = hi if hi > lo else lo + 1.0
+    return lo, hi, f"window [{lo:.4g}, {hi:.4g}] {image_units(result.modality)} (reference's 0.5–99.5th percentiles)"
 
 
 @dataclass(frozen=True)
@@ -60,37 +76,39 @@ def _slice(img: np.ndarray, axis: int, spacing: tuple[float, ...]) -> tuple[np.n
 
 
 def _fig_slices(result: EvaluationResult, path: Path, difference: bool) -> Path | None:
+    """Central axial, coronal and sagittal slices: one row per image, one column per view, in mm."""
     names = [n for n in result.images if not (difference and n == "reference")]
     if not names:
         return None
     ref = result.images["reference"]
+    units = image_units(result.modality)
     if difference:
         base = result.images.get("noisy", result.images[names[-1]]) - ref
         lim = float(np.percentile(np.abs(base), 99.5)) or 1.0
         vmin, vmax, cmap = -lim, lim, "RdBu_r"
+        window = f"common window ±{lim:.4g} {units}"
     else:
-        vmin, vmax = (float(v) for v in np.percentile(ref, [0.5, 99.5]))
-        vmax = vmax if vmax > vmin else vmin + 1.0
+        vmin, vmax, window = display_window(result)
         cmap = "gray"
     axes_of = _view_axes(result.affine)
-    fig, axs = _subplots(3, len(names), figsize=(2.6 * len(names) + 0.8, 7.8), squeeze=False)
+    fig, axs = _subplots(len(names), 3, figsize=(3 * PANEL_INCHES + 1.2, PANEL_INCHES * len(names) + 0.9),
+                         squeeze=False, layout="constrained")
     im = None
-    for r, (view, _) in enumerate(VIEWS):
-        for c, name in enumerate(names):
-            img = result.images[name] - ref if difference else result.images[name]
+    for r, name in enumerate(names):
+        img = result.images[name] - ref if difference else result.images[name]
+        for c, (view, _) in enumerate(VIEWS):
             sl, ext = _slice(img, axes_of[view], result.spacing)
             im = axs[r, c].imshow(sl, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", extent=ext,
                                   interpolation="nearest")
             axs[r, c].set_xticks([])
             axs[r, c].set_yticks([])
             if r == 0:
-                axs[r, c].set_title(name + (" − ref" if difference else ""), fontsize=9)
+                axs[r, c].set_title(view, fontsize=12)
             if c == 0:
-                axs[r, c].set_ylabel(view, fontsize=9)
-    fig.colorbar(im, ax=axs, shrink=0.6, label="difference (units)" if difference else "value (units)")
-    fig.suptitle(("Difference to the reference" if difference else "Central slices")
-                 + f", common window [{vmin:.4g}, {vmax:.4g}]", fontsize=10)
-    fig.savefig(path, dpi=90)
+                axs[r, c].set_ylabel(name + (" − reference" if difference else ""), fontsize=12)
+    fig.colorbar(im, ax=axs, shrink=0.5, label=f"difference ({units})" if difference else units)
+    fig.suptitle(("Difference to the reference" if difference else "Central slices") + f", {window}", fontsize=13)
+    fig.savefig(path, dpi=DPI)
     return path
 
 
@@ -98,17 +116,18 @@ def _fig_nps(result: EvaluationResult, path: Path) -> Path | None:
     curves = [(m.name, m.nps) for m in result.all_images() if m.nps is not None]
     if not curves:
         return None
-    fig, ax = _subplots(figsize=(6, 4))
+    units = image_units(result.modality)
+    fig, ax = _subplots(figsize=(8, 5), layout="constrained")
     for name, nps in curves:
-        ax.plot(nps.frequencies, nps.nps, label=f"{name} (σ={nps.noise_std:.3g}, peak {nps.peak_frequency:.2f}/mm)",
-                color="0.5" if name == "noisy" else None, lw=1.5)
+        ax.plot(nps.frequencies, nps.nps, label=f"{name} (σ={nps.noise_std:.3g} {units}, peak "
+                f"{nps.peak_frequency:.2f}/mm)", color="0.5" if name == "noisy" else None, lw=1.5)
     ax.set_xlabel("spatial frequency (1/mm)")
-    ax.set_ylabel("NPS (units² · mm²)")
-    ax.set_title(f"Noise power spectrum of (image − reference), axial, {result.nps_region}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_ylabel(f"NPS ({units}² · mm²)")
+    ax.set_title("\n".join(textwrap.wrap(f"Noise power spectrum of (image − reference), axial, {result.nps_region}",
+                                         70)), fontsize=11)
+    ax.legend(fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=DPI)
     return path
 
 
@@ -135,7 +154,7 @@ def _fig_mtf(result: EvaluationResult, path: Path) -> Path | None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=DPI)
     return path
 
 
@@ -164,65 +183,66 @@ def _fig_reliability(result: EvaluationResult, path: Path) -> Path | None:
         a.legend(fontsize=7)
         a.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=DPI)
     return path
 
 
 def _fig_bars(result: EvaluationResult, folder: Path) -> list[Path]:
-    rows = result.table()
+    rows = result.records()
     out = []
-    for key, (unit, higher) in SCALARS.items():
+    for key in result.table().columns:
+        direction = SCALARS[key][1]
         pairs = [(r["name"], r[key]) for r in rows if r.get(key) is not None and np.isfinite(r[key])]
         if not pairs:
             continue
-        fig, ax = _subplots(figsize=(max(3.5, 0.9 * len(pairs) + 1.5), 3.2))
+        fig, ax = _subplots(figsize=(max(5.0, 1.1 * len(pairs) + 2.0), 4.0), layout="constrained")
         names, vals = zip(*pairs)
         colors = ["0.6" if n == "noisy" else "C0" for n in names]
         ax.bar(range(len(vals)), vals, color=colors)
-        ax.set_xticks(range(len(vals)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{key} ({unit or 'unitless'}; {'higher' if higher else 'lower'} is better)", fontsize=9)
-        if key == "hu_bias":
+        ax.set_xticks(range(len(vals)), names, rotation=30, ha="right", fontsize=10)
+        unit = scalar_unit(key, result.modality)
+        ax.set_title(f"{key}" + (f" [{unit}]" if unit else "") + f"\n{direction} is better", fontsize=11)
+        if direction == "closer to 0":
             ax.axhline(0, color="k", lw=0.8)
+        elif direction == "closer to 1":
+            ax.axhline(1, color="k", lw=0.8, ls="--")
+        elif "noisy" in names and direction.startswith("closer to the noisy"):
+            ax.axhline(vals[names.index("noisy")], color="k", lw=0.8, ls="--", label="noisy input")
+            ax.legend(fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
         p = folder / f"bar_{key}.png"
-        fig.savefig(p, dpi=90)
+        fig.savefig(p, dpi=DPI)
         out.append(p)
     return out
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return "inf" if math.isinf(v) else ("–" if math.isnan(v) else f"{v:.4g}")
-    return str(v)
-
-
 def _tables(result: EvaluationResult) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table in the report."""
-    keys = list(SCALARS)
-    tables = [("Summary", ["image"] + [f"{k} [{SCALARS[k][0]}]" if SCALARS[k][0] else k for k in keys],
-               [[r["name"]] + [_fmt(r[k]) for k in keys] for r in result.table()])]
+    table = result.table()
+    keys = table.columns
+    header = [f"{k} [{u}]" if (u := scalar_unit(k, result.modality)) else k for k in keys]
+    tables = [("Summary", ["image"] + header, [["(better)"] + [SCALARS[k][1] for k in keys]]
+               + [[r["name"]] + [format_cell(r[k]) for k in keys] for r in table])]
     if result.rois.rois:
         header = ["image", "ROI", "mean", "SD", "bias", "SE of bias", "z"]
-        rows = [["reference", n, _fmt(s.mean), _fmt(s.std), "", "", ""] for n, s in result.reference_roi_stats.items()]
+        rows = [["reference", n, format_cell(s.mean), format_cell(s.std), "", "", ""] for n, s in result.reference_roi_stats.items()]
         for m in result.all_images():
             for n, s in m.roi_stats.items():
                 b = m.roi_bias[n]
-                rows.append([m.name, n, _fmt(s.mean), _fmt(s.std), _fmt(b.bias), _fmt(b.standard_error), _fmt(b.z)])
-        tables.append(("ROI statistics and HU bias (units of the image)", header, rows))
+                rows.append([m.name, n, format_cell(s.mean), format_cell(s.std), format_cell(b.bias), format_cell(b.standard_error), format_cell(b.z)])
+        tables.append(("ROI statistics and HU bias (HU)" if result.modality == "CT" else
+                       f"ROI statistics and bias ({image_units(result.modality)})", header, rows))
     pairs = sorted({k for m in result.all_images() for k in m.cnr})
     if pairs:
         tables.append(("Contrast-to-noise ratio", ["image"] + pairs,
-                       [[m.name] + [_fmt(m.cnr.get(p)) for p in pairs] for m in result.all_images()]))
+                       [[m.name] + [format_cell(m.cnr.get(p)) for p in pairs] for m in result.all_images()]))
     mn = [m for m in result.methods.values() if m.method_noise is not None]
     if mn:
         header = ["method", "residual SD", "removed/true noise", "corr. with noise", "corr. with edges",
                   "corr. with reference", "lag-1 autocorr. (i, j, k)", "spectral flatness"]
-        rows = [[m.name, _fmt(r.residual_std), _fmt(r.removed_noise_fraction), _fmt(r.noise_correlation),
-                 _fmt(r.structure_correlation), _fmt(r.reference_correlation),
-                 ", ".join(f"{a:.3f}" for a in r.autocorrelation_lag1), _fmt(r.spectral_flatness)]
+        rows = [[m.name, format_cell(r.residual_std), format_cell(r.removed_noise_fraction), format_cell(r.noise_correlation),
+                 format_cell(r.structure_correlation), format_cell(r.reference_correlation),
+                 ", ".join(f"{a:.3f}" for a in r.autocorrelation_lag1), format_cell(r.spectral_flatness)]
                 for m in mn for r in [m.method_noise]]
         tables.append(("Method noise (noisy − estimate): ideal is noise only", header, rows))
     unc = [m for m in result.methods.values() if m.uncertainty is not None]
@@ -230,12 +250,23 @@ def _tables(result: EvaluationResult) -> list[tuple[str, list[str], list[list[st
         ks = list(unc[0].uncertainty.coverage)
         header = ["method"] + [f"±{k}σ (ideal {unc[0].uncertainty.nominal[k]:.1%})" for k in ks] + [
             "mean std", "RMSE", "std/RMSE"]
-        rows = [[m.name] + [f"{c.coverage[k]:.1%}" for k in ks] + [_fmt(c.mean_std), _fmt(c.rmse),
-                                                                    _fmt(c.std_to_rmse)]
+        rows = [[m.name] + [f"{c.coverage[k]:.1%}" for k in ks] + [format_cell(c.mean_std), format_cell(c.rmse),
+                                                                    format_cell(c.std_to_rmse)]
                 for m in unc for c in [m.uncertainty]]
         tables.append(("Uncertainty calibration: fraction of voxels whose error lies within ±k × predicted std",
                        header, rows))
     return tables
+
+
+def _definitions(result: EvaluationResult) -> str:
+    """How the report's numbers and images are defined, in one paragraph."""
+    units = image_units(result.modality)
+    bias = "HU bias" if result.modality == "CT" else "Bias"
+    return (f"Values in {units}. NPS: AAPM TG-233 (2D axial, radially averaged, of image − reference); its peak and "
+            "mean frequencies describe the texture of the remaining noise, best kept close to the noisy input's "
+            "(lower means blotchier noise). MTF: slanted-edge method (ISO 12233). "
+            f"{bias}: mean(image − reference) in an ROI, in {units}; headline = the largest |bias| over the ROIs "
+            f"(the mean over the mask without ROIs). Images: {display_window(result)[2]}.")
 
 
 def _html(result: EvaluationResult, figures: list[Path], folder: Path) -> str:
@@ -244,13 +275,13 @@ def _html(result: EvaluationResult, figures: list[Path], folder: Path) -> str:
              "<style>body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;"
              "margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px;text-align:right}"
              "th{background:#eee}td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;"
-             "border:1px solid #ddd;margin:4px}.note{color:#a50}</style></head><body>",
+             "border:1px solid #ddd;margin:4px}.note{color:#a50}figure.bar{display:inline-block;vertical-align:top;"
+             "margin:0 8px 8px 0}</style></head><body>",
              "<h1>medden evaluation</h1>",
              f"<p>Reference <b>{e(result.reference_name)}</b>: shape {e(str(result.shape))}, spacing "
              f"{' × '.join(f'{s:.3g}' for s in result.spacing)} mm, modality {e(result.modality)}. PSNR and SSIM use "
              f"data range {result.data_range:.5g}. NPS region: {e(result.nps_region)}.</p>",
-             "<p>NPS: AAPM TG-233 (2D axial, radially averaged, of image − reference). MTF: slanted-edge method "
-             "(ISO 12233). HU bias: mean(image − reference) in an ROI; headline = largest |bias| over the ROIs.</p>"]
+             f"<p>{e(_definitions(result))}</p>"]
     for note in result.notes:
         parts.append(f"<p class='note'>Note: {e(note)}</p>")
     for title, header, rows in _tables(result):
@@ -260,7 +291,9 @@ def _html(result: EvaluationResult, figures: list[Path], folder: Path) -> str:
     parts.append("<h2>Figures</h2>")
     for f in figures:
         rel = f.relative_to(folder).as_posix()
-        parts.append(f"<figure><img src='{e(rel)}' alt='{e(f.stem)}'><figcaption>{e(f.stem)}</figcaption></figure>")
+        kind = " class='bar'" if f.stem.startswith("bar_") else ""
+        parts.append(f"<figure{kind}><img src='{e(rel)}' alt='{e(f.stem)}'><figcaption>{e(f.stem)}</figcaption>"
+                     "</figure>")
     parts.append("<p>Raw numbers: <a href='metrics.json'>metrics.json</a></p></body></html>")
     return "\n".join(parts)
 
@@ -269,8 +302,7 @@ def _markdown(result: EvaluationResult, figures: list[Path], folder: Path) -> st
     lines = ["# medden evaluation", "",
              f"Reference **{result.reference_name}**: shape {result.shape}, spacing "
              f"{' × '.join(f'{s:.3g}' for s in result.spacing)} mm, modality {result.modality}; PSNR/SSIM data range "
-             f"{result.data_range:.5g}; NPS region: {result.nps_region}.", "",
-             "NPS: AAPM TG-233 (2D axial, radially averaged). MTF: slanted-edge method (ISO 12233).", ""]
+             f"{result.data_range:.5g}; NPS region: {result.nps_region}.", "", _definitions(result), ""]
     lines += [f"> Note: {n}" for n in result.notes]
     for title, header, rows in _tables(result):
         lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

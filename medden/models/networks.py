@@ -23,6 +23,12 @@ import torch
 from torch import nn
 
 
+def _split_input(x: torch.Tensor, sigma: torch.Tensor | float | None) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """``(image, level)``; with ``sigma`` None, ``x`` is one ``[B, 2, D, H, W]`` tensor holding the image and its
+    noise-level map (the single input MONAI's bundle tools feed a ``network_def``)."""
+    return (x[:, :1], x[:, 1:2]) if sigma is None else (x, sigma)
+
+
 def _level_map(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """``sigma`` broadcast to a ``[B, 1, D, H, W]`` map like ``x``."""
     s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
@@ -62,7 +68,8 @@ class ConditionedUNet(nn.Module):
         self.bias = bool(bias)
         self.multiple = 16  # spatial sizes must be multiples of 2**4
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
+        x, sigma = _split_input(x, sigma)
         s = _level_map(x, sigma)
         r = self.net(torch.cat([x, s], dim=1)).to(x.dtype)
         return x + (s * r if self.bias else r)
@@ -91,7 +98,8 @@ class DnCNN3D(nn.Module):
         self.bias = bool(bias)
         self.multiple = 1
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
+        x, sigma = _split_input(x, sigma)
         s = _level_map(x, sigma)
         r = self.net(torch.cat([x, s], dim=1)).to(x.dtype)
         return x + (s * r if self.bias else r)

@@ -86,7 +86,9 @@ def load_volumes(specs: list[DataSpec], cfg: TrainConfig, cache_dir: Path, log=p
             pair = None if pair is None else _downsample(pair, spec.downsample, vol.spacing)
             norm = MR_NORMALISATION.fitted(data)
             level = 0.0
-            if cfg.mode != "supervised" or spec.target == "noisy":
+            if spec.noise_level is not None:
+                level = float(spec.noise_level)
+            elif cfg.mode != "supervised" or spec.target == "noisy":
                 level = float(norm.apply_sigma(estimate_noise(Volume(np.ascontiguousarray(data), vol.affine,
                                                                      modality="MR")).sigma))
         else:
@@ -324,17 +326,14 @@ class PatchSampler:
         return x, c, sigma
 
     def _recorrupted(self, vol: TrainVolume):
-        """Recorrupted-to-Recorrupted on a real noisy scan: unbiased for the noise-free target (see the class). The
-        input level is drawn like a supervised one (log-uniform in ``noise.sigma_range``, at least ``1.1·σ_y``),
-        which fixes α (clipped to ``noise.r2r_alpha``): at high levels the target is the scan itself, nearly clean
-        next to the input's noise."""
+        """Recorrupted-to-Recorrupted on a real noisy scan: unbiased for the noise-free target (see the class). α is
+        drawn log-uniformly in ``noise.r2r_alpha``: the input's level is ``σ_y·√(1 + α²)``; the higher levels are
+        learnt from the clean volumes with Rician noise."""
         _, y = self._crop(vol)
         k = float(self.rng.uniform(*self.cfg.intensity_scale))
         y, s = y * k, max(vol.level * k, 1e-6)
-        lo, hi = self.cfg.noise.sigma_range
-        level = math.exp(self.rng.uniform(math.log(max(lo, 1.1 * s)), math.log(max(hi, 1.2 * s))))
         a_lo, a_hi = self.cfg.noise.r2r_alpha
-        alpha = min(max(math.sqrt((level / s) ** 2 - 1), a_lo), a_hi)
+        alpha = math.exp(self.rng.uniform(math.log(a_lo), math.log(a_hi)))
         z = self._randn(y.shape)
         x = y + alpha * s * z
         level = s * math.sqrt(1 + alpha * alpha)

@@ -256,13 +256,13 @@ def _workflow(name: str, **override):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bundle_stops_on_an_empty_dataset_folder_or_a_file(name, tmp_path):
+def test_bundle_stops_on_an_empty_dataset_folder_a_file_or_no_folder(name, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("not scans")
     (tmp_path / "empty" / "._scan.nii.gz").write_bytes(b"AppleDouble junk")  # hidden: not a scan
-    for dataset, message in (("empty", "no scans in dataset folder"), ("notes.txt", "is not a folder")):
-        wf = _workflow(name, bundle_root=str(BUNDLES / name), dataset_dir=str(tmp_path / dataset),
-                       output_dir=str(tmp_path / "out"))
+    for dataset, message in ((str(tmp_path / "empty"), "no scans in dataset folder"),
+                             (str(tmp_path / "notes.txt"), "is not a folder"), ("", "no dataset folder given")):
+        wf = _workflow(name, bundle_root=str(BUNDLES / name), dataset_dir=dataset, output_dir=str(tmp_path / "out"))
         with pytest.raises(SystemExit, match=f"^error: .*{message}"):
             wf.initialize()
     assert not (tmp_path / "out").exists()

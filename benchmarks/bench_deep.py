@@ -1,8 +1,8 @@
 """Deep denoisers (deep-mr, deep-ct) against BM4D, in the same run, on held-out volumes of ``../shared/data``.
 
-    /work/venv/bin/python benchmarks/bench_deep.py                 # MR + CT tables (about 15–25 min on 2 shared CPU cores, mostly BM4D)
-    /work/venv/bin/python benchmarks/bench_deep.py --big           # + a 512×512×300 CT: seconds and peak memory
-    /work/venv/bin/python benchmarks/bench_deep.py --only ct --big --merge   # add/redo a part of the results file
+    python benchmarks/bench_deep.py                 # MR + CT tables (about 15–25 min on 2 shared CPU cores, mostly BM4D)
+    python benchmarks/bench_deep.py --big           # + a 512×512×300 CT: seconds and peak memory
+    python benchmarks/bench_deep.py --only ct --big --merge   # add/redo a part of the results file
 
 Held out of the shipped models' training (see each model card):
 * MR: ``lindner_mr_gd_t1ce_brain_1mm`` (no licence stated: evaluation only) and ``rorden_chris_pd`` (CC BY-NC:
@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
+from benchmarks.harness import data_root  # noqa: E402
 
 MR_CASES = {"lindner_mr_gd_t1ce_brain_1mm.nii.gz": (80, 80, 64), "rorden_chris_pd_0.86x0.86x2.4mm.nii.gz": (96, 96, 32)}
 MR_LEVELS = (1, 3, 5, 7, 9)
@@ -289,7 +289,8 @@ def format_row(row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(SHARED))
+    ap.add_argument("--data-root", "--data", dest="data", default=None,
+                    help="data folder (default: $MEDDEN_DATA, else ../shared/data beside the repository)")
     ap.add_argument("--only", choices=("mr", "ct", "nps", "all", "none"), default="all",
                     help="which quality tables to run (none: with --big, the 512×512×300 timing alone)")
     ap.add_argument("--big", action="store_true", help="also time a 512×512×300 CT (seconds, peak memory)")
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     result: dict = {"command": "python benchmarks/bench_deep.py " + " ".join(argv or sys.argv[1:]),
                     "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"}
-    data = Path(args.data)
+    data = data_root(args.data)
     if args.only in ("mr", "all"):
         result["mr"] = bench_mr(data, ["bm4d", "deep-mr"], args.seed)
     if args.only in ("ct", "all"):

@@ -1,8 +1,8 @@
 """Diffusion-prior posterior sampling: calibration of the uncertainty map, posterior-mean PSNR against BM4D and the
 supervised deep model (in the same run), and seconds per 256³ volume for 8 samples.
 
-    /work/venv/bin/python benchmarks/bench_diffusion.py            # ≈ 10 min on 2 shared CPU cores
-    /work/venv/bin/python benchmarks/bench_diffusion.py --quick    # one level, fewer methods
+    python benchmarks/bench_diffusion.py            # ≈ 10 min on 2 shared CPU cores
+    python benchmarks/bench_diffusion.py --quick    # one level, fewer methods
 
 Held-out volume (never trained on; CC BY-NC, evaluation only): ``rorden_chris_pd_0.86x0.86x2.4mm`` — the centre crop
 and the Rician noise levels (% of the crop's volume maximum, PSNR peak = that maximum, mask = reference > 2 % of it)
@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
+from benchmarks.harness import data_root  # noqa: E402
 
 CASE = ("rorden_chris_pd_0.86x0.86x2.4mm.nii.gz", (96, 96, 32))
 LEVELS = (3, 5)
@@ -59,7 +59,7 @@ def bench_quality(args) -> list[dict]:
     from medden.metrics.reference import psnr, ssim_3d
 
     name, size = CASE
-    full = medden.load_volume(SHARED / "mri" / name)
+    full = medden.load_volume(data_root(args.data) / "mri" / name)
     clean = np.ascontiguousarray(full.data[centre_crop(full.data, size)])
     peak = float(clean.max())
     mask = clean > 0.02 * peak
@@ -159,7 +159,7 @@ def bench_ct_quality(args) -> list[dict]:
     from medden.metrics.reference import psnr, ssim_3d
     from medden.noise import simulate
 
-    full = medden.load_volume(SHARED / "ct" / CT_CASE)
+    full = medden.load_volume(data_root(args.data) / "ct" / CT_CASE)
     full = medden.Volume(full.data, full.affine, modality="CT", meta=full.meta)
     box = centre_crop(full.data, (128, 128, 48))
     ref = np.ascontiguousarray(full.data[box])
@@ -202,6 +202,8 @@ def main() -> None:
     ap.add_argument("--other-noise", default="gaussian,poisson", help="further noise models (diffusion only)")
     ap.add_argument("--speed-slices", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", dest="data", default=None,
+                    help="data folder (default: $MEDDEN_DATA, else ../shared/data beside the repository)")
     ap.add_argument("--weights", default="", help="a diffusion prior (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")

@@ -3,15 +3,18 @@ noise estimators on the real volumes in ../shared/data (noise added at 3 % and 1
 
 Reproduce (from the repository root)::
 
-    /work/venv/bin/python benchmarks/bench_simulate.py            # writes benchmarks/results/simulate.json
+    python benchmarks/bench_simulate.py [--data-root DIR]           # writes benchmarks/results/simulate.json
 
-The volume is the first real CT in ../shared/data/ct cropped or tiled to 512×512×100 when present, else the water
+The data folder is ``--data-root``, else ``$MEDDEN_DATA``, else ../shared/data beside the repository.
+The volume is the first real CT in its ct/ cropped or tiled to 512×512×100 when present, else the water
 cylinder phantom. CPU threads: torch's default (all cores of the machine).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +27,10 @@ from medden.phantoms import water_cylinder
 from medden.volume import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+from benchmarks.harness import data_root  # noqa: E402
+
+SHARED = data_root()  # replaced by --data-root in main()
 SHAPE = (512, 512, 100)
 
 
@@ -73,6 +79,11 @@ def estimator_check() -> list[dict]:
 
 
 def main() -> None:
+    global SHARED
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", default=None,
+                    help="data folder (default: $MEDDEN_DATA, else ../shared/data beside the repository)")
+    SHARED = data_root(ap.parse_args().data_root)
     volume, source = ct_volume()
     results = {"volume": source, "shape": list(volume.shape), "dose": 0.25, "machine": platform.processor() or
                platform.machine(), "cpu_threads": torch.get_num_threads(), "seconds": {}}

@@ -43,7 +43,14 @@ from medden.volume import Volume
 
 BASELINE = "bm4d"
 RESULTS_DIR = Path(__file__).parent / "results"
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+#: The data folder when neither ``--data-root`` nor ``MEDDEN_DATA`` names one: ``../shared/data`` beside the repository.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def data_root(given: str | os.PathLike | None = None) -> Path:
+    """The benchmarks' data folder: ``given`` (``--data-root``), else ``$MEDDEN_DATA``, else ``../shared/data``
+    relative to the repository. Volumes are named relative to it (``mri/…``, ``ct/…``)."""
+    return Path(given or os.environ.get("MEDDEN_DATA") or SHARED_DATA).expanduser()
 
 
 @dataclass
@@ -147,12 +154,12 @@ def _centre_crop(vol: Volume, size: int) -> Volume:
                   history=vol.history + (f"crop {[(s.start, s.stop) for s in sl]}",))
 
 
-def shared_cases(data_dir: str | Path = SHARED_DATA, size: int = 96, seed: int = 0,
+def shared_cases(data_dir: str | Path | None = None, size: int = 96, seed: int = 0,
                  rician_percent: Sequence[float] = (1, 3, 9)) -> list[Case]:
     """Cropped real volumes from ``../shared/data`` with simulated noise: Rician 1–9 % (of the 99.9th percentile)
     for MR; low-dose CT (25 % dose) when the noise module has it, else Gaussian 25 HU, for CT. Empty when the folder
     is missing."""
-    data_dir = Path(data_dir)
+    data_dir = data_root(data_dir)
     cases: list[Case] = []
     picks = [("mri", "mni152_2009a_sym_t1_1mm.nii.gz"), ("mri", "niivue_t2w_tse_1x1x2mm.nii.gz"),
              ("ct", "totalseg_abdomen_pelvis_3mm.nii.gz"), ("ct", "pyradiomics_lung1_chest.nii.gz")]

@@ -25,7 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_deep import SHARED, centre_crop, tissue_rois  # noqa: E402
+from bench_deep import centre_crop, tissue_rois  # noqa: E402
+from benchmarks.harness import data_root  # noqa: E402
 
 SCALES_MM = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 MR_VALIDATION = ("ixi002_guys_t2_1x1x6mm.nii.gz", "ixi002_guys_pd_6x1x1mm.nii.gz", "ixi002_guys_t1_1x6x1mm.nii.gz")
@@ -118,14 +119,15 @@ def write_card(model: str, scale: float, domain: str, how: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(SHARED))
+    ap.add_argument("--data-root", "--data", dest="data", default=None,
+                    help="data folder (default: $MEDDEN_DATA, else ../shared/data beside the repository)")
     ap.add_argument("--seed", type=int, default=100, help="noise seed (not the benchmark's, which is 0)")
     ap.add_argument("--write", action="store_true", help="record the chosen scales on the shipped model cards")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(2)
-    data = Path(args.data)
+    data = data_root(args.data)
     mr, ct = tune_mr(data, args.seed), tune_ct(data)
     (mr_best, mr_mean), (ct_best, ct_mean) = choose(mr), choose(ct)
     print("MR mean validation PSNR by scale:", {s: round(v, 3) for s, v in mr_mean.items()}, "→", mr_best, "mm")

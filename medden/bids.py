@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medden.conventions import sha256_file
 from medden.errors import InputError, MeddenError, OutputError, ParameterError
 from medden.io.atomic import atomic_path
 
@@ -91,16 +92,8 @@ def output_path(out_dir: Path, relpath: str) -> Path:
     return Path(out_dir) / rel.parent / ("_".join(entities + ["desc-denoised", parts[-1]]) + ".nii.gz")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _settings_key(input_sha: str, method: str, sigma, params: dict) -> str:
-    from medden import __version__
+    from medden._version import __version__
 
     text = json.dumps({"input": input_sha, "method": method, "sigma": sigma, "params": params,
                        "medden": __version__}, sort_keys=True, default=str)
@@ -109,7 +102,7 @@ def _settings_key(input_sha: str, method: str, sigma, params: dict) -> str:
 
 def write_description(out_dir: Path, bids_dir: Path) -> Path:
     """The derivative's ``dataset_description.json`` (DatasetType derivative, GeneratedBy, the raw dataset)."""
-    from medden import __version__
+    from medden._version import __version__
 
     raw_uri = Path(bids_dir).resolve().as_uri()
     body = {"Name": "medden denoised anatomical images", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
@@ -126,7 +119,9 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
                     suffixes: list[str] = DEFAULT_SUFFIXES, method: str = "auto", sigma: float | str = "auto",
                     params: dict[str, Any] | None = None, device: str = "auto") -> BidsResult:
     """Denoise the anatomical images of the chosen participants (all when ``labels`` is empty) into ``out_dir``."""
-    from medden import __version__, denoise, load_volume, save_volume
+    from medden._version import __version__
+    from medden.denoisers import denoise
+    from medden.io import load_volume, save_volume
     from medden.io import sidecar_path
     from medden.denoisers import get_method
     from medden.noise.estimate import sigma_wavelet_mad
@@ -157,7 +152,7 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
         source = Path(image.path)
         target = output_path(out_dir, image.relpath)
         sidecar = sidecar_path(target)
-        input_sha = _sha256(source)
+        input_sha = sha256_file(source)
         key = _settings_key(input_sha, method, sigma, params)
         if target.is_file() and sidecar.is_file() and _recorded_key(sidecar) == key:
             result.skipped.append(target)

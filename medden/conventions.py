@@ -1,5 +1,6 @@
-"""Conventions every part of medden shares, defined once: modality codes, the file suffixes of a scan, file hashing,
-the slice (axial) axis of a volume, Hounsfield-unit scaling and the percentile of the non-zero voxels.
+"""Conventions every part of medden shares, defined once: modality codes, file hashing, the slice and axial axes of a
+volume, Hounsfield-unit scaling and the percentile of the non-zero voxels. (File suffixes belong to the format
+modules: :data:`medden.io.VOLUME_SUFFIXES`, :data:`medden.io.dicom.SUFFIXES`.)
 
 NumPy and the standard library only, so anything may import it (io, noise, metrics, models, training, the CLI).
 """
@@ -15,18 +16,10 @@ import numpy as np
 MODALITIES = ("CT", "MR", "PT", "NM", "DX", "CR", "OT")
 ALL_MODALITIES = MODALITIES
 
-#: File name endings of a single-file scan medden reads (a DICOM series is a folder, or ``.dcm`` files).
-SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-
 #: Hounsfield units per network unit: every CT network sees ``HU / CT_HU_PER_UNIT`` (air −1, water 0, dense bone ≈ 1).
 #: The U-Nets' cards record ``offset 0, scale 1000``; the diffusion prior's ``z = 2·(HU − offset)/scale − 1`` uses
 #: ``offset −1000, scale 2000``, which is the same ``HU/1000`` (see :data:`medden.models.card.CT_NORMALISATION`).
 CT_HU_PER_UNIT = 1000.0
-
-
-def is_scan_file(name: str | os.PathLike) -> bool:
-    """Whether a file name ends in one of :data:`SCAN_SUFFIXES` (case-insensitive)."""
-    return os.fspath(name).lower().endswith(SCAN_SUFFIXES)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -38,10 +38,10 @@ from typing import Any, Callable, Iterator
 from medden._version import __version__
 from medden.denoisers import denoise, get_method
 from medden.errors import InputError, MeddenError, OutputError, ParameterError
-from medden.io import (VOLUME_SUFFIXES, check_output, find_dicom_series, foreign_files, load_volume, save_volume,
-                       sidecar_path)
-from medden.io.atomic import atomic_path
-from medden.provenance import denoise_record, model_identity, now, sha256_paths
+from medden.io import (VOLUME_SUFFIXES, atomic_path, check_output, find_dicom_series, foreign_files, load_volume,
+                       save_volume, sidecar_path, walk)
+from medden.conventions import sha256_paths
+from medden.provenance import denoise_record, model_identity, now
 from medden.volume import MODALITIES, Volume
 
 MANIFEST_FIELDS = ("status", "input", "series_uid", "output", "method", "model", "model_version", "weights_sha256",
@@ -62,16 +62,6 @@ def override_modality(volume: Volume, modality: str = "auto") -> Volume:
         raise ParameterError(f"--modality must be auto or one of {', '.join(m.lower() for m in MODALITIES)}, "
                              f"got {modality!r}")
     return dataclasses.replace(volume, modality=code, meta={**volume.meta, "modality_source": "given by --modality"})
-
-
-def resolve_sigma(volume: Volume, sigma: float | str) -> float | str:
-    """``"auto"``, a number in the volume's units, or ``"N%"`` of the 99.9th percentile of the non-zero voxels (the
-    same reading as ``medden simulate --sigma``)."""
-    if isinstance(sigma, str) and sigma.strip().lower() == "auto":
-        return "auto"
-    from medden.noise.simulate import resolve_sigma as sigma_in_units
-
-    return sigma_in_units(volume.data, sigma)
 
 
 def _refuse_foreign(output: Path, overwrite: bool) -> None:
@@ -105,7 +95,6 @@ def denoise_file(source: str | os.PathLike, output: str | os.PathLike, *, method
     step(f"Loading {source}")
     volume = override_modality(load_volume(source, series_uid=series_uid), modality)
     check_output(output, like=volume, overwrite=overwrite, protect=(source,))
-    sigma = resolve_sigma(volume, sigma)
     with output_lock(output):
         step(f"Denoising ({method}; {'estimating noise, ' if sigma == 'auto' else ''}"
              f"{volume.shape[0]}×{volume.shape[1]}×{volume.shape[2]} voxels)")
@@ -221,13 +210,8 @@ def discover(study_dir: str | os.PathLike) -> list[StudyItem]:
     if not root.is_dir():
         raise InputError(f"{root} is not a folder")
     items: list[StudyItem] = []
-    seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        dirs[:] = sorted(d for d in dirs if not _is_junk(d)) if real not in seen else []
-        if real in seen:
-            continue
-        seen.add(real)
+    for folder, dirs, files in walk(root):
+        dirs[:] = [d for d in dirs if not _is_junk(d)]
         folder = Path(folder)
         others = False
         for name in sorted(files):

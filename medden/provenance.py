@@ -12,9 +12,10 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from medden._version import __version__
+from medden.conventions import sha256_paths
 
 DICOM_DERIVATION_CODE = ("113087", "DCM", "Smoothing")  # DICOM CID 7203 Image Derivation
 
@@ -22,19 +23,6 @@ DICOM_DERIVATION_CODE = ("113087", "DCM", "Smoothing")  # DICOM CID 7203 Image D
 def now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def sha256_paths(paths: Iterable[str | os.PathLike]) -> str:
-    """sha256 over the bytes of ``paths`` in the order given (a folder: its files in sorted order)."""
-    h = hashlib.sha256()
-    for path in paths:
-        path = Path(path)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=32)

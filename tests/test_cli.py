@@ -201,3 +201,25 @@ def test_import_help_and_info_do_not_import_torch(mr_nifti, argv):
             f"assert medden.__version__ and 'torch' not in sys.modules, 'torch imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_uncertainty_writes_the_std_map_of_a_method_that_gives_one(capsys, monkeypatch, mr_nifti):
+    import json
+
+    import medden.pipeline
+
+    out, std = mr_nifti.with_name("mean.nii.gz"), mr_nifti.with_name("std.nii.gz")
+    code, _, err = run(capsys, "denoise", mr_nifti, "-m", "gaussian", "-o", out, "--uncertainty", std)
+    assert code == 2 and "gives no standard deviation map" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not std.exists()
+    real = medden.pipeline.denoise
+
+    def with_std(volume, return_std=False, **kwargs):
+        mean = real(volume, **kwargs)
+        return (mean, mean.with_data(mean.data * 0 + 2.5, step="std")) if return_std else mean
+
+    monkeypatch.setattr(medden.pipeline, "denoise", with_std)
+    code, _, err = run(capsys, "denoise", mr_nifti, "-m", "gaussian", "-o", out, "--uncertainty", std, "-q")
+    assert code == 0, err
+    assert np.allclose(load_volume(std).data, 2.5) and load_volume(std).same_geometry(load_volume(mr_nifti))
+    assert json.loads(std.with_name("std.json").read_text())["content"] == "standard deviation"

@@ -18,7 +18,7 @@ from dicom_factory import oblique_affine_lps, write_series
 from medden import Volume, load_volume, save_volume
 from medden.cli import main
 from medden.pipeline import denoise_study, discover
-from medden.provenance import sha256_paths
+from medden.conventions import sha256_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,6 +3,7 @@ train, checkpoint, resume and export loadable weights."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +33,8 @@ def _cfg(tmp_path, scans, **over):
     raw = {"name": "tiny", "modality": "MR", "data": [{"path": scans[0]}], "synthetic_volumes": 1,
            "network": {"features": [4, 4, 8, 8, 16, 4]}, "patch_size": [16, 16, 16], "batch_size": 2,
            "epochs": 2, "steps_per_epoch": 2, "val_patches": 2, "threads": 1,
-           "checkpoint_dir": str(tmp_path / "ckpt"), "export": str(tmp_path / "out" / "m.safetensors")}
+           "checkpoint_dir": str(tmp_path / "ckpt"), "export": str(tmp_path / "out" / "m.safetensors"),
+           "on_worse": "warn"}  # a 4-step model may well be worse than its input: these tests check the mechanics
     raw.update(over)
     return raw
 
@@ -67,7 +69,9 @@ def test_supervised_training_checkpoints_resumes_and_exports(tmp_path, scans):
     rec = train(cfg, log=logs.append)
     assert rec["steps"] == 4 and len(rec["history"]) == 2
     assert np.isfinite(rec["history"][-1]["val_psnr"])
-    assert (tmp_path / "ckpt" / "last.pt").is_file() and (tmp_path / "ckpt" / "log.jsonl").is_file()
+    run = Path(rec["run_dir"])  # the run's own folder under checkpoint_dir, named by its config and data
+    assert run.parent == tmp_path / "ckpt"
+    assert (run / "last.pt").is_file() and (run / "log.jsonl").is_file()
     net, card = load_model(rec["export"])
     assert card.modality == "MR" and card.training["data"][0]["path"] == "scan0.nii.gz"
     more = train(validate_config(_cfg(tmp_path, scans, epochs=3)), log=logs.append)
@@ -87,7 +91,7 @@ def test_blind_spot_masking_replaces_masked_voxels_by_neighbours(tmp_path, scans
     rng = np.random.default_rng(0)
     noisy = rng.normal(size=(32, 32, 32)).astype(np.float32)
     sampler = PatchSampler([TrainVolume("x", noisy, level=1.0)], cfg, seed=0)
-    x, y, mask = sampler._blind_spot(noisy)
+    x, y, mask = (t.numpy() for t in sampler._blind_spot(noisy))  # patches are tensors (made on the device)
     assert np.array_equal(y, noisy)
     changed = x != noisy
     assert changed.sum() > 0 and np.all(mask[changed] == 1)
@@ -127,7 +131,7 @@ def test_supervised_ct_training_with_projection_domain_noise(tmp_path, scans):
     rec = train(cfg, log=logs.append)
     assert rec["steps"] == 2 and np.isfinite(rec["history"][-1]["val_psnr"])
     assert any("estimator levels" in line for line in logs)
-    assert list((tmp_path / "ckpt" / "cache").glob("*.npy"))
+    assert list((Path(rec["run_dir"]) / "cache").glob("*.npy"))
 
 
 def test_lowpass_loss_weighs_local_mean_errors():

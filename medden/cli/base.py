@@ -56,16 +56,12 @@ def steps(quiet: bool) -> Iterator:
             progress.update(current[-1], completed=1, total=1)
 
 
-def parse_params(items: list[str]) -> dict[str, str]:
-    """``["weight=0.5", "iterations=50"]`` → ``{"weight": "0.5", "iterations": "50"}`` (values are parsed by the
-    method's or noise model's own parameter types)."""
-    params = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ParameterError(f"--param needs NAME=VALUE, got {item!r}")
-        params[key.strip()] = value.strip()
-    return params
+def parse_params(items: list[str] | None) -> dict[str, str]:
+    """``--param NAME=VALUE`` pairs, read by :func:`medden.registry.parse_assignments` (imported when called, so
+    ``--help`` stays light); the values are parsed by the method's or noise model's own parameter types."""
+    from medden.registry import parse_assignments
+
+    return parse_assignments(items)
 
 
 def parse_sigma(text: str | None, option: str = "--sigma", allow_auto: bool = True) -> float | str | None:

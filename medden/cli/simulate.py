@@ -35,7 +35,6 @@ def simulate(
     The parameters are recorded with the output: in its history (NIfTI descrip, DICOM DerivationDescription) and,
     for NIfTI/NRRD/MHA, in a JSON sidecar beside it.
     """
-    from medden.denoisers.registry import Param
     from medden.inference import resolve_device
     from medden.io import check_output, load_volume, save_volume
     from medden.noise import get_model, simulate as simulate_noise
@@ -43,9 +42,7 @@ def simulate(
     from medden.provenance import simulation_record
 
     spec = get_model(model)
-    defaults = {p.name: p.default for p in spec.params}
-    given: dict = {**{name: Param(name, defaults[name]).parse(value) if name in defaults else value
-                      for name, value in parse_params(param).items()},
+    given: dict = {**parse_params(param),
                    **{name: value for name, value in (("dose", finite(dose, "--dose")),
                                                       ("sigma", parse_sigma(sigma, allow_auto=False)),
                                                       ("counts_per_unit", finite(counts, "--counts")),

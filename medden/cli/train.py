@@ -25,6 +25,8 @@ def train(
                                                             "for the modality (default for a folder when present)."),
     wall_minutes: Optional[float] = typer.Option(None, "--wall-minutes", help="Stop after this much training."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder the config's relative data paths "
+                                                                        "are read from (default: $MEDDEN_DATA)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
@@ -45,7 +47,7 @@ def train(
         if init == "shipped":
             overrides["init_weights"] = str(shipped_weights_for(overrides.get("modality") or
                                                                 json.loads(config.read_text()).get("modality", "MR")))
-        cfg = load_config(config, **overrides)
+        cfg = load_config(config, data_root, **overrides)
     resolve_device(cfg.device)
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 speaks
     record = run_training(cfg, log=(lambda s: None) if quiet else out.print)

@@ -35,12 +35,15 @@ def estimate_sigma(volume: Volume) -> float:
 
 def noise_of(volume: Volume, sigma: Any = "auto") -> NoiseEstimate:
     """The :class:`~medden.noise.estimate.NoiseEstimate` a denoiser receives: estimated by modality for ``"auto"``,
-    else the given level (a number in the volume's units, a noise map, or a NoiseEstimate), checked against the data:
+    else the given level (a number in the volume's units, ``"N%"`` of the 99.9th percentile of the non-zero voxels,
+    a noise map, or a NoiseEstimate), checked against the data:
     a level far above the data's range is refused as non-physical."""
     if isinstance(sigma, str):
-        if sigma.strip().lower() != "auto":
-            raise ParameterError(f"sigma must be 'auto' or a number, got {sigma!r}")
-        return estimate_noise(volume)
+        if sigma.strip().lower() == "auto":
+            return estimate_noise(volume)
+        from medden.noise.simulate import resolve_sigma  # "N%" of the 99.9th percentile, as medden.simulate reads it
+
+        sigma = resolve_sigma(volume.data, sigma)
     noise = as_noise(sigma)
     if noise.noise_map is not None and noise.noise_map.shape != volume.shape:
         raise ParameterError(f"noise map shape {noise.noise_map.shape} differs from the volume's {volume.shape}")

@@ -11,7 +11,7 @@ import importlib.util
 import numpy as np
 
 from medden.denoisers.registry import NON_COMMERCIAL, Denoised, Param, register
-from medden.errors import MissingDependencyError
+from medden.errors import MissingDependencyError, ParameterError
 
 _EXTRA_HINT = ('needs the optional "bm" extra (BM3D/BM4D, free for non-commercial use only): '
                'pip install "medden[bm]"')
@@ -45,6 +45,18 @@ def _normalise(data: np.ndarray, noise, shape) -> tuple[np.ndarray, float, float
     return ((data - lo) / scale).astype(np.float32), float(lo), scale, float(noise.sigma) / scale
 
 
+#: The smallest slice (both in-plane axes, voxels) each package handles: smaller ones raise inside it or, at some
+#: sizes just below (BM3D 8×8, BM4D 5×5), crash the Python process (measured with bm3d 4.0.3 and bm4d 4.2.5).
+MIN_SLICE = {"bm3d": 9, "bm4d": 8}
+
+
+def _check_size(data: np.ndarray, method: str) -> None:
+    n = MIN_SLICE[method]
+    if min(data.shape[:2]) < n:
+        raise ParameterError(f"the volume ({'×'.join(map(str, data.shape))} voxels) is too small for {method}: it "
+                             f"needs at least {n}×{n} voxels in each slice (its block size); use another method")
+
+
 def _psd_record(noise) -> dict:
     return {"noise_psd": "CT noise power spectrum estimated from the scan"} if noise.nps is not None else {}
 
@@ -63,6 +75,7 @@ def bm4d(data: np.ndarray, noise, *, spacing=(1.0, 1.0, 1.0), modality="OT", dev
          profile="np") -> Denoised:
     """BM4D on the whole volume, with white noise ``sigma`` or, for CT with ``sigma='auto'``, the estimated noise
     power spectrum (FBP noise is correlated: a white σ would leave its texture)."""
+    _check_size(data, "bm4d")
     module = _require("bm4d")
     x, lo, scale, s = _normalise(data, noise, data.shape)
     if np.ndim(s) == 0 and s <= 0:
@@ -79,6 +92,7 @@ def bm3d(data: np.ndarray, noise, *, spacing=(1.0, 1.0, 1.0), modality="OT", dev
          profile="np") -> Denoised:
     """BM3D applied slice by slice along the third (usually axial) axis; for CT with ``sigma='auto'`` each slice
     gets the estimated axial noise power spectrum."""
+    _check_size(data, "bm3d")
     module = _require("bm3d")
     if noise.axial_axis != 2:
         noise = noise.white()  # the NPS describes other planes than the slices BM3D filters: use the white level

@@ -27,6 +27,8 @@ _PARAMS = (
     Param("fidelity_mm", None, "mm", "local-mean fidelity scale (medden.denoisers.fidelity): the input's local means "
           "at scales above it are kept; 0 = off; none = the value tuned on validation data and recorded on the card",
           minimum=0.0),
+    Param("adapt_seconds", 0.0, "s", "per-scan adaptation: fine-tune a copy of the model on this scan for this long "
+          "(self-supervised, medden.training.adapt) before denoising; 0 = off", minimum=0.0),
 )
 
 
@@ -64,7 +66,8 @@ def card_fidelity(card) -> dict:
 
 
 def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cpu", overlap: float = 0.125,
-              precision: str = "auto", spacing=(1.0, 1.0, 1.0), fidelity_mm: float | None = None) -> np.ndarray:
+              precision: str = "auto", spacing=(1.0, 1.0, 1.0), fidelity_mm: float | None = None,
+              adapt_seconds: float = 0.0) -> np.ndarray:
     """Denoise ``data`` (3D, physical units) with the model in ``weights``, at noise level ``sigma`` (data units, or
     a noise map of the data's shape), then apply the card's local-mean fidelity (:mod:`medden.denoisers.fidelity`)
     at ``fidelity_mm`` mm (None: the card's tuned scale; 0: off)."""
@@ -86,6 +89,10 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
     norm = card.normalisation.fitted(data)
     x = norm.apply(np.asarray(data, dtype=np.float32))
     s = norm.apply_sigma(np.asarray(sigma, dtype=np.float32) if np.ndim(sigma) else float(sigma))
+    if adapt_seconds:  # per-scan adaptation on a copy (medden.training.adapt)
+        from medden.training.adapt import adapt_network
+
+        net = adapt_network(net, x, s, seconds=adapt_seconds, device=device, magnitude=card.modality == "MR")
     out = sliding_window(net, x, s, device=device, overlap=overlap, precision=precision)
     del x
     out = norm.invert(out)
@@ -100,11 +107,12 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
 
 def _deep(name: str):
     def fn(data: np.ndarray, noise, *, spacing=(1.0, 1.0, 1.0), modality="OT", device="cpu", progress=None,
-           weights="", overlap=0.125, precision="auto", fidelity_mm=None) -> Denoised:
+           weights="", overlap=0.125, precision="auto", fidelity_mm=None, adapt_seconds=0.0) -> Denoised:
         from medden.models.card import shipped_path
 
         return Denoised(run_model(data, noise.sigma, weights or shipped_path(name), device=device, overlap=overlap,
-                                  precision=precision, spacing=spacing, fidelity_mm=fidelity_mm))
+                                  precision=precision, spacing=spacing, fidelity_mm=fidelity_mm,
+                                  adapt_seconds=adapt_seconds))
 
     fn.__name__ = name.replace("-", "_")
     fn.__doc__ = f"The shipped {name} model (see ``medden/models/weights/``) over the whole volume."

@@ -334,7 +334,7 @@ def _load_prior(prior, weights, modality: str, device: str):
     """``(network, card)``: the given ``prior`` (no card), else the weights file, else the modality's shipped prior."""
     if prior is not None:
         return prior.to(device).eval(), None
-    from medden.models.diffusion import shipped_prior_path
+    from medden.models.card import shipped_prior_path
 
     path = Path(weights) if weights else shipped_prior_path(modality)
     if path.is_file():
@@ -473,12 +473,19 @@ class _Blend:
 # the registered method
 # ---------------------------------------------------------------------------------------------------------------------
 def _available() -> bool:
-    from medden.models.diffusion import prior_available
+    from medden.models.card import prior_available
 
     return prior_available()
 
 
+def _licence() -> str:
+    from medden.models.card import SHIPPED_PRIORS, WEIGHTS_DIR, card_licence
+
+    return card_licence(WEIGHTS_DIR / SHIPPED_PRIORS["MR"])
+
+
 @register("diffusion", family="diffusion", gpu=True, modalities=("MR", "CT"), availability=_available,
+          licence=_licence,
           summary="posterior sampling with a 2.5D diffusion prior (DiffPIR): posterior mean, and its per-voxel "
                   "uncertainty with return_std=True (CLI: --uncertainty)",
           params=(Param("samples", 8, "", "posterior samples averaged (the uncertainty map needs >= 2)", minimum=1,

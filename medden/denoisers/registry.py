@@ -175,6 +175,8 @@ def explain_auto(modality: str = "OT") -> str:
     best_nc = [s for s in REGISTRY.list() if modality in s.modalities and not s.permissive
                and s.rank(modality) < spec.rank(modality)]
     if best_nc:
-        text += (f" {', '.join(s.name for s in best_nc)} rank higher but are licensed for non-commercial use only: "
-                 f"name one with --method to use it.")
+        names = " and ".join(s.name for s in best_nc)
+        text += (f" {names} {'rank' if len(best_nc) > 1 else 'ranks'} higher but "
+                 f"{'are' if len(best_nc) > 1 else 'is'} licensed for non-commercial use only: name "
+                 f"{'one' if len(best_nc) > 1 else 'it'} with --method to use it.")
     return text

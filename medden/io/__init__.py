@@ -16,12 +16,13 @@ from medden.errors import InputError, OutputError
 from medden.io import dicom, itk, nifti
 from medden.io.anonymize import anonymize_dataset
 from medden.io.atomic import atomic_path, check_output_path
+from medden.io.dicom import walk
 from medden.io.dicom_write import ANONYMOUS_PROVENANCE
 from medden.volume import Volume
 
 __all__ = ["load_volume", "save_volume", "output_format", "default_output_path", "sidecar_path", "check_output",
            "VOLUME_SUFFIXES", "DicomSeries", "find_dicom_series", "foreign_files", "restore_padding",
-           "anonymize_dataset"]
+           "anonymize_dataset", "atomic_path", "walk"]
 
 #: Suffixes of the single-file volume formats (NIfTI, NRRD, MetaImage).
 VOLUME_SUFFIXES = nifti.SUFFIXES + itk.SUFFIXES

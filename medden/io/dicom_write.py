@@ -144,7 +144,7 @@ def build_slice(volume: Volume, k: int, *, header, template, stored: np.ndarray,
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    from medden import __version__
+    from medden._version import __version__
 
     base = _copy_source(header if header is not None else template)
     modality = volume.modality if volume.modality != "OT" else str(base.get("Modality", "OT") or "OT")
@@ -231,7 +231,7 @@ def common_modules(src, *, sop_class: str, modality: str, series_uid: str, serie
     import highdicom as hd
     import pydicom.uid
 
-    from medden import __version__
+    from medden._version import __version__
 
     versions = []
     if src.get("SoftwareVersions"):

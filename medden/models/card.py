@@ -21,6 +21,9 @@ DEFAULT_WEIGHTS_LICENCE = "Apache-2.0"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 #: Shipped models: registry method name → weights file name in ``WEIGHTS_DIR``.
 SHIPPED = {"deep-mr": "medden_mr_rician_unet.safetensors", "deep-ct": "medden_ct_lowdose_unet.safetensors"}
+#: The shipped diffusion prior (MR), and the prior per modality (modalities without their own use the MR prior).
+SHIPPED_PRIOR = "medden_diffusion_mr_prior.safetensors"
+SHIPPED_PRIORS = {"MR": SHIPPED_PRIOR, "CT": "medden_diffusion_ct_prior.safetensors"}
 
 
 @dataclass(frozen=True)
@@ -163,10 +166,28 @@ def _check_config_value(key: str, value: Any) -> None:
 
 def shipped_path(name: str) -> Path:
     """Path of a shipped model's weights file (which may be absent in a source checkout without weights)."""
+    import medden.models  # WEIGHTS_DIR read at call time (tests point it elsewhere)
+
     try:
-        return WEIGHTS_DIR / SHIPPED[name]
+        return medden.models.WEIGHTS_DIR / SHIPPED[name]
     except KeyError:
         raise ModelError(f"no shipped model {name!r} (known: {', '.join(SHIPPED)})") from None
+
+
+def shipped_prior_path(modality: str = "MR") -> Path:
+    """Where the shipped diffusion prior for ``modality`` lives: its own when shipped (CT), else the MR prior (the file
+    may be absent in a checkout without weights)."""
+    import medden.models  # WEIGHTS_DIR read at call time (tests point it elsewhere)
+
+    weights_dir = medden.models.WEIGHTS_DIR
+    own = weights_dir / SHIPPED_PRIORS.get(str(modality).upper(), SHIPPED_PRIOR)
+    return own if own.is_file() else weights_dir / SHIPPED_PRIOR
+
+
+def prior_available(path: str | Path | None = None) -> bool:
+    """True when the diffusion prior's weights (default: the shipped MR prior) and their card exist."""
+    p = Path(path) if path else shipped_prior_path()
+    return p.is_file() and p.with_suffix(".json").is_file()
 
 
 def card_licence(path: str | Path) -> str:

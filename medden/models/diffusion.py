@@ -29,13 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from medden.models.card import ModelCard, ModelError, load_weights_into, read_card
+from medden.models.card import (SHIPPED_PRIOR, SHIPPED_PRIORS, ModelCard, ModelError,  # noqa: F401  (re-exported)
+                                load_weights_into, prior_available, read_card, shipped_prior_path)
 
 ARCHITECTURE = "diffusion-unet2.5d"
-#: The shipped prior (MR), in ``medden/models/weights/``.
-SHIPPED_PRIOR = "medden_diffusion_mr_prior.safetensors"
-#: the shipped prior per modality; modalities without their own use the MR prior
-SHIPPED_PRIORS = {"MR": SHIPPED_PRIOR, "CT": "medden_diffusion_ct_prior.safetensors"}
 
 
 class SlicePrior(nn.Module):
@@ -113,21 +110,6 @@ def build_prior(**config: Any) -> SlicePrior:
         return SlicePrior(**config)
     except TypeError as exc:
         raise ModelError(f"bad configuration for {ARCHITECTURE}: {exc}") from None
-
-
-def shipped_prior_path(modality: str = "MR") -> Path:
-    """Where the shipped prior for ``modality`` lives: its own when shipped (CT), else the MR prior (the file may be
-    absent in a checkout without weights)."""
-    from medden.models import WEIGHTS_DIR
-
-    own = WEIGHTS_DIR / SHIPPED_PRIORS.get(str(modality).upper(), SHIPPED_PRIOR)
-    return own if own.is_file() else WEIGHTS_DIR / SHIPPED_PRIOR
-
-
-def prior_available(path: str | Path | None = None) -> bool:
-    """True when the weights and their card exist."""
-    p = Path(path) if path else shipped_prior_path()
-    return p.is_file() and p.with_suffix(".json").is_file()
 
 
 def load_prior(path: str | Path | None = None, device: str = "cpu") -> tuple[SlicePrior, ModelCard]:

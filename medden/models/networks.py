@@ -105,6 +105,41 @@ class DnCNN3D(nn.Module):
         return x + (s * r if self.bias else r)
 
 
+def widen_unet(net: ConditionedUNet, state: dict[str, torch.Tensor], features: list[int]) -> ConditionedUNet:
+    """Load into ``net`` the weights ``state`` of a narrower :class:`ConditionedUNet` (``features`` ≤ ``net``'s at
+    every level), preserving its function (Net2Net-style, Chen et al., ICLR 2016): the old channels keep their
+    weights, the new channels start from ``net``'s random initialisation, and the weights from new channels into old
+    ones are zero, so the output is unchanged until training uses the new capacity. The concatenated skip
+    connections (``[encoder channels, upsampled channels]``) keep each part's old channels first."""
+    old_f, new_f = [int(f) for f in features], net.config["features"]
+    if len(old_f) != len(new_f) or any(o > n for o, n in zip(old_f, new_f)):
+        raise ValueError(f"cannot widen features {old_f} to {new_f}")
+    out = {}
+    for key, w in net.state_dict().items():
+        old = state[key]
+        if old.shape == w.shape:
+            out[key] = old
+            continue
+        w = w.clone()
+        o_ax, i_ax = (1, 0) if "deconv" in key else (0, 1)
+        n_out = old.shape[o_ax]
+        i_idx = torch.arange(old.shape[i_ax])
+        if "upcat_" in key and ".convs.conv_0." in key:  # input = cat([skip (features[level-1]), upsampled])
+            level = int(key.split("upcat_")[1][0])
+            i_idx = torch.where(i_idx < old_f[level - 1], i_idx, i_idx - old_f[level - 1] + new_f[level - 1])
+        new_in = torch.ones(w.shape[i_ax], dtype=torch.bool)
+        new_in[i_idx] = False
+        if o_ax == 0:
+            w[:n_out, new_in] = 0
+            w[:n_out, i_idx] = old
+        else:
+            w[new_in, :n_out] = 0
+            w[i_idx, :n_out] = old
+        out[key] = w
+    net.load_state_dict(out)
+    return net
+
+
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     ConditionedUNet.architecture: ConditionedUNet,
     DnCNN3D.architecture: DnCNN3D,

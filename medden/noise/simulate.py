@@ -77,9 +77,8 @@ def simulate(volume: Volume, model: str, *, seed: int = 0, device: str = "cpu", 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ParameterError(f"seed must be an integer, got {seed!r}")
     resolved = spec.resolve_params(params)
-    # the model functions get only what was given (their own defaults equal the registry's, see the tests)
     given = {k: resolved[k] for k in params if resolved[k] is not None}
-    call = dict(given)
+    call = {k: v for k, v in resolved.items() if v is not None}  # the registry's defaults are the functions' own
     if "sigma" in call:
         call["sigma"] = resolve_sigma(volume.data, call["sigma"])
     if spec.needs_axial and volume.modality not in ("CT", "OT"):

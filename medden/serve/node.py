@@ -313,7 +313,8 @@ def derive_series(source: Path, output: Path, *, method: str = "auto", sigma: fl
     """Denoise the DICOM series in folder ``source`` into a derived series in folder ``output`` (same study and
     geometry, new UIDs, DERIVED\\SECONDARY, its own SeriesNumber, SourceImageSequence to the source images).
     Returns what the series log line reports."""
-    from medden import denoise, load_volume, save_volume
+    from medden.denoisers import denoise
+    from medden.io import load_volume, save_volume
     from medden.provenance import denoise_record
 
     volume = load_volume(source)

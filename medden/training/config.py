@@ -9,13 +9,28 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from medden.errors import MeddenError
 
 
 class ConfigError(MeddenError, ValueError):
     """A training configuration is malformed: unknown or missing field, wrong type, missing data file."""
+
+
+def data_root(given: str | Path | None = None) -> Optional[Path]:
+    """The folder relative data paths are read from: ``given`` (``--data-root``), else ``$MEDDEN_DATA``, else None
+    (the current folder)."""
+    import os
+
+    root = given or os.environ.get("MEDDEN_DATA")
+    return Path(root).expanduser() if root else None
+
+
+def resolve_data_path(path: str, root: str | Path | None) -> Path:
+    """``path`` as given when absolute, else under ``root`` (when given)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or root is None else Path(root) / p
 
 
 class _Strict(BaseModel):
@@ -32,13 +47,23 @@ class DataSpec(_Strict):
     downsample: int = Field(1, ge=1, le=4)
     #: keep only these slices along the last axis (start, stop), e.g. to split one volume into train and validation
     slices: Optional[tuple[int, int]] = None
+    #: ``clean``: a noise-free reference, the supervised target; ``noisy``: a real scan with its own noise, trained on
+    #: at native resolution by Recorrupted-to-Recorrupted with its estimated noise level (supervised MR configs)
+    target: Literal["clean", "noisy"] = "clean"
+    #: relative sampling weight
+    weight: float = Field(1.0, gt=0)
 
     @field_validator("path", "pair")
     @classmethod
-    def _exists(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not Path(v).exists():
-            raise ValueError(f"data file {v} does not exist")
-        return v
+    def _exists(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if v is None:
+            return v
+        root = (info.context or {}).get("data_root")
+        path = resolve_data_path(v, root)
+        if not path.exists():
+            raise ValueError(f"data file {v} does not exist" + (f" under the data root {root}" if path != Path(v) else
+                                                                 " (relative paths: give --data-root or MEDDEN_DATA)"))
+        return str(path)
 
 
 class NoiseSpec(_Strict):
@@ -54,6 +79,8 @@ class NoiseSpec(_Strict):
     level_jitter: float = Field(0.1, ge=0, lt=1)
     #: noise realisations simulated per CT volume (then rescaled to each drawn dose)
     ct_realisations: int = Field(2, ge=1, le=16)
+    #: Recorrupted-to-Recorrupted: bounds of the factor α (the input gets α·σ more noise, the target σ/α less)
+    r2r_alpha: tuple[float, float] = (0.5, 100.0)
 
     @model_validator(mode="after")
     def _ranges(self) -> "NoiseSpec":
@@ -66,9 +93,21 @@ class NoiseSpec(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
-    """Everything a training run needs. See ``bundles/*/configs/medden_train.json`` in the repository for the shipped models' configs."""
+class ResampleSpec(_Strict):
+    """Random voxel sizes for clean volumes: with ``probability`` a patch is resampled from its native grid to an
+    isotropic voxel drawn log-uniformly in ``voxel_mm`` (mm), and with ``thick_probability`` one axis to a slice
+    spacing drawn in ``slice_mm`` (area averaging when coarser: a thick slice's profile)."""
 
+    probability: float = Field(0.5, ge=0, le=1)
+    voxel_mm: tuple[float, float] = (0.5, 2.0)
+    thick_probability: float = Field(0.3, ge=0, le=1)
+    slice_mm: tuple[float, float] = (2.0, 6.0)
+
+
+class TrainConfig(_Strict):
+    """Everything a denoising network's training run needs. See ``bundles/*/configs/medden_train.json`` in the repository for the shipped models' configs."""
+
+    kind: Literal["denoiser"] = "denoiser"
     name: str = Field(..., min_length=1)
     modality: Literal["MR", "CT"]
     mode: Literal["supervised", "n2n", "n2v"] = "supervised"
@@ -79,6 +118,7 @@ class TrainConfig(_Strict):
     network: dict[str, Any] = {}
     noise: NoiseSpec = NoiseSpec()
     intensity_scale: tuple[float, float] = (0.6, 1.4)
+    resample: Optional[ResampleSpec] = None
     patch_size: tuple[int, int, int] = (48, 48, 48)
     batch_size: int = Field(4, ge=1, le=256)
     learning_rate: float = Field(1e-3, gt=0, lt=1)
@@ -98,10 +138,19 @@ class TrainConfig(_Strict):
     #: GPU, where one CPU process cannot feed it
     workers: int = Field(0, ge=0, le=64)
     seed: int = 0
-    checkpoint_dir: str
+    #: a progress line (loss, steps/s, voxels/s) every this many steps
+    progress_every: int = Field(10, ge=1)
+    #: a model worse than its input on validation at the end: ``refuse`` (error, nothing exported) or ``warn``
+    on_worse: Literal["refuse", "warn"] = "refuse"
+    #: where runs keep their checkpoints: each run in its own sub-folder named by the hash of its config and data
+    #: (see :func:`medden.training.loop.run_dir`); default ``$XDG_CACHE_HOME/medden/training`` (``~/.cache/...``)
+    checkpoint_dir: Optional[str] = None
     export: Optional[str] = None
     docs_dir: Optional[str] = None
     init_weights: Optional[str] = None
+    #: a committed training state (``medden/models/training_state/*.pt``) to start from when the run folder holds
+    #: none: the same run continues at its step, another run takes its weights
+    resume_from: Optional[str] = None
     command: str = ""
 
     @field_validator("patch_size")
@@ -111,11 +160,11 @@ class TrainConfig(_Strict):
             raise ValueError(f"patch sides must be >= 8 voxels, got {v}")
         return v
 
-    @field_validator("init_weights")
+    @field_validator("init_weights", "resume_from")
     @classmethod
-    def _init(cls, v: Optional[str]) -> Optional[str]:
+    def _init(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
         if v is not None and not Path(v).is_file():
-            raise ValueError(f"init_weights file {v} does not exist")
+            raise ValueError(f"{info.field_name} file {v} does not exist")
         return v
 
     @model_validator(mode="after")
@@ -134,6 +183,46 @@ class TrainConfig(_Strict):
         return self
 
 
+class PriorConfig(_Strict):
+    """A diffusion prior's training run (:mod:`medden.training.diffusion`): stacks of adjacent slices of clean
+    volumes, DDPM ε-prediction, an EMA of the weights validated and exported. See
+    ``medden/training/configs/diffusion_*_prior.json`` for the shipped priors' configs."""
+
+    kind: Literal["diffusion-prior"]
+    name: str = Field(..., min_length=1)
+    modality: Literal["MR", "CT"] = "MR"
+    data: list[DataSpec] = Field(..., min_length=1)
+    #: validation volumes; when empty, the top ``validation_fraction`` of the last data entry's slices (last axis)
+    validation: list[DataSpec] = []
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    #: file-name prefixes that must never be trained on (held-out test volumes)
+    held_out: list[str] = []
+    #: :func:`medden.models.diffusion.build_prior` keywords, e.g. ``{"channels": [16, 32, 64]}``
+    network: dict[str, Any] = {}
+    patch: int = Field(64, ge=16)
+    batch_size: int = Field(16, ge=1, le=1024)
+    learning_rate: float = Field(5e-4, gt=0, lt=1)
+    ema: float = Field(0.995, ge=0, lt=1)
+    max_steps: int = Field(100_000, ge=1)
+    wall_minutes: Optional[float] = Field(28.0, gt=0)
+    log_every: int = Field(100, ge=1)
+    progress_every: int = Field(10, ge=1)
+    threads: Optional[int] = Field(2, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_dir: Optional[str] = None
+    export: Optional[str] = None
+    docs_dir: Optional[str] = None
+    command: str = ""
+
+    @model_validator(mode="after")
+    def _not_held_out(self) -> "PriorConfig":
+        for d in self.data:
+            if Path(d.path).name.startswith(tuple(self.held_out)):
+                raise ValueError(f"{Path(d.path).name} is a held-out test volume and must not be trained on")
+        return self
+
+
 def _format(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors():
@@ -143,16 +232,22 @@ def _format(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
-    """A :class:`TrainConfig` from a dict, or :class:`ConfigError` naming every bad field."""
+def validate_config(raw: dict[str, Any], source: str = "config", data_root_dir: str | Path | None = None
+                    ) -> TrainConfig | PriorConfig:
+    """A :class:`TrainConfig` (or, with ``"kind": "diffusion-prior"``, a :class:`PriorConfig`) from a dict, or
+    :class:`ConfigError` naming every bad field. Relative data paths are resolved against :func:`data_root`
+    (``data_root_dir``, else ``$MEDDEN_DATA``)."""
+    model = PriorConfig if isinstance(raw, dict) and raw.get("kind") == "diffusion-prior" else TrainConfig
     try:
-        return TrainConfig.model_validate(raw)
+        return model.model_validate(raw, context={"data_root": data_root(data_root_dir)})
     except ValidationError as exc:
         raise ConfigError(f"invalid training config {source}: {_format(exc)}") from None
 
 
-def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
-    """Read and validate a JSON/YAML training config; ``overrides`` replace top-level fields."""
+def load_config(path: str | Path, data_root_dir: str | Path | None = None, **overrides: Any
+                ) -> TrainConfig | PriorConfig:
+    """Read and validate a JSON/YAML training config; ``overrides`` replace top-level fields; relative data paths
+    are read under ``data_root_dir`` (``--data-root``) or ``$MEDDEN_DATA``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"training config {path} not found")
@@ -170,5 +265,7 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
         raise ConfigError(f"training config {path} cannot be parsed: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"training config {path} must hold a mapping of fields")
+    if raw.get("kind") == "diffusion-prior":  # the U-Net-only overrides of `medden train` do not apply
+        overrides = {k: v for k, v in overrides.items() if k in PriorConfig.model_fields}
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    return validate_config(raw, str(path))
+    return validate_config(raw, str(path), data_root_dir)

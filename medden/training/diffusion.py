@@ -1,24 +1,24 @@
 """Training the diffusion prior (:mod:`medden.models.diffusion`) on stacks of adjacent slices of clean volumes.
 
 Each example is ``2·neighbours + 1`` adjacent slices (along the thick axis of an anisotropic volume, along a random
-axis of an isotropic one), cropped to a square patch, normalised like inference (the volume divided by the 99.9th
-percentile of its non-zero voxels, then ``z = 2x − 1``), diffused to a step ``t`` with independent noise per slice
-(MONAI ``DDPMScheduler.add_noise``); the loss is the mean squared error of the predicted noise of the centre slice
-(Ho et al., NeurIPS 2020). ``t`` is drawn as ``⌊t_max·u²⌋`` (u uniform), which favours the low noise levels that
-denoising starts from. An exponential moving average of the weights (decay ``ema``) is what is validated and
-exported.
+axis of an isotropic one), cropped to a square patch, normalised like inference (the card's normalisation — MR: the
+99.9th percentile of the non-zero voxels; CT: :data:`~medden.models.card.CT_PRIOR_NORMALISATION` — then
+``z = 2u − 1``), diffused to a step ``t`` with independent noise per slice (MONAI ``DDPMScheduler.add_noise``); the
+loss is the mean squared error of the predicted noise of the centre slice (Ho et al., NeurIPS 2020). ``t`` is drawn
+as ``⌊t_max·u²⌋`` (u uniform), which favours the low noise levels that denoising starts from. An exponential moving
+average of the weights (decay ``ema``) is what is validated and exported.
 
-Resumable (``CKPT/last.pt`` holds network, EMA, optimiser, step, elapsed time and history) and bounded by a wall-time
-budget; the learning rate follows a cosine over the budget. Run::
+The run is described by a typed :class:`~medden.training.config.PriorConfig` (``"kind": "diffusion-prior"``) and
+trained by the same command and engine as the U-Nets (:mod:`medden.training.engine`: run folder named by config and
+data, resume, schedule, non-finite skip, progress)::
 
-    python -m medden.training.diffusion --minutes 28 --threads 2
+    medden train medden/training/configs/diffusion_mr_prior.json --data-root ../shared/data
 
-The shipped prior was trained on the permissively licensed MR volumes of ``/work/shared/data`` listed in
-:data:`MR_DATA` (never the held-out ``rorden_*``, ``lindner_*`` or ``ct/pyradiomics_lung1_chest`` volumes).
+The shipped priors' configs list their volumes and licences (never the held-out ``rorden_*``, ``lindner_*`` or
+``ct/pyradiomics_lung1_chest`` volumes).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import time
@@ -29,33 +29,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from medden.training.data import percentile_scale
-from medden.training.loop import keep_record, write_curves
+from medden.models.card import CT_PRIOR_NORMALISATION, MR_NORMALISATION
+from medden.training.config import DataSpec, PriorConfig
+from medden.training.engine import (
+    Progress, StopRequest, cosine_lr, keep_record, optimiser_step, resume, run_dir, run_key, save_state, setup_device)
+from medden.training.loop import write_curves
 
-SHARED = Path("/work/shared/data/mri")
-
-#: (file, licence) of the training volumes. The last entry is split: its top 20 % of slices
-#: along the last axis are the validation set.
-MR_DATA: list[tuple[str, str]] = [
-    ("mni152_2009a_sym_t1_1mm.nii.gz",
-     "ICBM 2009a: freely redistributable with the McConnell Brain Imaging Centre copyright notice"),
-    ("niivue_t2w_tse_1x1x2mm.nii.gz", "BSD-2-Clause (niivue/niivue-demo-images)"),
-    ("prisma_t1_fl2d_sag_1x1x4.8mm.nii.gz", "BSD-2-Clause (neurolabusc/dcm_qa_decubitus)"),
-    ("niivue_m2208_t2w_brain_1mm.nii.gz", "BSD-2-Clause (niivue/niivue-demo-images); top 20 % of slices held out "
-                                          "for validation"),
-]
-#: the CT prior's volumes (full-dose scans: their own quantum noise is part of what the prior calls clean)
-CT_DATA: list[tuple[str, str]] = [
-    ("totalseg_upper_abdomen_siemens.nii.gz", "CC BY 4.0 (TotalSegmentator dataset; repository Apache-2.0)"),
-    ("totalseg_abdomen_pelvis_3mm.nii.gz", "CC BY 4.0 (TotalSegmentator dataset; repository Apache-2.0)"),
-    ("totalseg_chest_cta_1p5mm.nii.gz", "CC BY 4.0 (TotalSegmentator dataset; repository Apache-2.0); top 20 % of "
-                                        "slices held out for validation"),
-]
-DATA = {"MR": MR_DATA, "CT": CT_DATA}
-HELD_OUT = ("rorden_", "lindner_", "pyradiomics_lung1_chest")
-VAL_FRACTION = 0.2
 #: CT in the prior's units: z = 2·(HU − CT_OFFSET)/CT_SCALE − 1 = HU/1000 (air −1, water 0, dense bone ≈ 1)
-CT_OFFSET, CT_SCALE = -1000.0, 2000.0
+CT_OFFSET, CT_SCALE = CT_PRIOR_NORMALISATION.offset, CT_PRIOR_NORMALISATION.scale
 
 
 @dataclass
@@ -65,31 +46,40 @@ class SliceVolume:
     spacing: tuple[float, float, float]
 
 
-def load_training_volumes(folder: Path = SHARED, log: Callable[[str], None] = print, modality: str = "MR"
+def _prior_units(data: np.ndarray, modality: str) -> np.ndarray:
+    """The prior's ``z = 2u − 1`` of the card normalisation's ``u`` (CT clipped to [−1, 3])."""
+    if modality == "CT":
+        return np.clip(2 * CT_PRIOR_NORMALISATION.apply(data) - 1, -1, 3).astype(np.float32)
+    return (2 * MR_NORMALISATION.fitted(data).apply(data) - 1).astype(np.float32)
+
+
+def load_training_volumes(cfg: PriorConfig, log: Callable[[str], None] = print
                           ) -> tuple[list[SliceVolume], list[SliceVolume]]:
-    """The training volumes and the validation volume, in the prior's units (MR: per-volume 99.9th percentile;
-    CT: fixed, ``HU/1000`` clipped to [−1, 3])."""
-    import medden
+    """The training and validation volumes in the prior's units. Without ``cfg.validation``, the top
+    ``cfg.validation_fraction`` of the last data entry's slices (last axis) are the validation set."""
+    from medden.io import load_volume
+
+    def read(spec: DataSpec) -> tuple[np.ndarray, tuple]:
+        vol = load_volume(spec.path)
+        z = _prior_units(np.asarray(vol.data, np.float32), cfg.modality)
+        if spec.slices:
+            z = z[:, :, spec.slices[0]:spec.slices[1]]
+        log(f"  {Path(spec.path).name}: {z.shape}, spacing {tuple(round(float(s), 2) for s in vol.spacing)} mm")
+        return z, tuple(float(s) for s in vol.spacing)
 
     train, val = [], []
-    data_list = DATA[modality]
-    for name, _ in data_list:
-        if name.startswith(HELD_OUT):
-            raise ValueError(f"{name} is a held-out test volume and must not be trained on")
-        vol = medden.load_volume(folder / name)
-        data = np.asarray(vol.data, np.float32)
-        if modality == "CT":
-            z = np.clip(2 * (data - CT_OFFSET) / CT_SCALE - 1, -1, 3).astype(np.float32)
-        else:
-            z = (2 * data / percentile_scale(data) - 1).astype(np.float32)
-        sp = tuple(float(s) for s in vol.spacing)
-        if name == data_list[-1][0]:
-            cut = int(round(z.shape[2] * (1 - VAL_FRACTION)))
+    for i, spec in enumerate(cfg.data):
+        z, sp = read(spec)
+        name = Path(spec.path).name
+        if not cfg.validation and i == len(cfg.data) - 1:
+            cut = int(round(z.shape[2] * (1 - cfg.validation_fraction)))
             train.append(SliceVolume(name, np.ascontiguousarray(z[:, :, :cut - 4]), sp))
             val.append(SliceVolume(name + "[val]", np.ascontiguousarray(z[:, :, cut:]), sp))
         else:
             train.append(SliceVolume(name, z, sp))
-        log(f"  {name}: {data.shape}, spacing {tuple(round(s, 2) for s in sp)} mm")
+    for spec in cfg.validation:
+        z, sp = read(spec)
+        val.append(SliceVolume(Path(spec.path).name, z, sp))
     return train, val
 
 
@@ -104,7 +94,7 @@ class StackSampler:
         self.p = np.sqrt(sizes) / np.sqrt(sizes).sum()
 
     def _one(self) -> np.ndarray:
-        from medden.denoisers.diffusion import slice_axis
+        from medden.conventions import slice_axis
 
         v = self.volumes[int(self.rng.choice(len(self.volumes), p=self.p))]
         sp = np.asarray(v.spacing)
@@ -169,101 +159,92 @@ def validate(net, stacks: torch.Tensor, sigmas=(0.04, 0.10), seed: int = 7) -> d
             "val_psnr_noisy": float(np.mean(p_in))}
 
 
-def train_prior(*, checkpoint_dir: str | Path, minutes: float = 28.0, steps: int = 100_000, batch: int = 16,
-                patch: int = 64, lr: float = 5e-4, ema: float = 0.995, threads: int | None = 2, seed: int = 0,
-                config: dict | None = None, log_every: int = 100, export: str | Path | None = None,
-                docs_dir: str | Path | None = None, command: str = "", data_folder: Path | None = None,
-                device: str = "auto", modality: str = "MR", log: Callable[[str], None] = print) -> dict:
-    """Train (or resume) the prior; returns the record (and exports when ``export`` is given).
-
-    ``device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``; stacks are drawn on the CPU and moved over."""
-    from medden.inference import resolve_device
+def train_prior(cfg: PriorConfig, log: Callable[[str], None] = print) -> dict:
+    """Train (or resume: the same config and data only) the prior ``cfg`` describes; returns the record (and exports
+    when ``cfg.export``). On a GPU the stacks are drawn on the CPU and moved over (they are small); the network
+    step runs there."""
     from medden.models.diffusion import build_prior
 
-    device = resolve_device(device)
-    if threads:
-        torch.set_num_threads(int(threads))
-    torch.manual_seed(seed)
-    ckpt = Path(checkpoint_dir)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    if modality not in DATA:
-        raise ValueError(f"modality must be one of {', '.join(DATA)}, got {modality!r}")
-    folder = Path(data_folder) if data_folder else SHARED.parent / {"MR": "mri", "CT": "ct"}[modality]
-    log(f"loading {len(DATA[modality])} {modality} volumes")
-    train_vols, val_vols = load_training_volumes(folder, log, modality=modality)
-    cfg = dict(config or {})
-    net = build_prior(**cfg).to(device).train()
+    _, _, device = setup_device(cfg.device, cfg.threads)
+    torch.manual_seed(cfg.seed)
+    key = run_key(cfg)
+    folder = run_dir(cfg, key)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(cfg.model_dump_json(indent=2))
+    log(f"loading {len(cfg.data)} {cfg.modality} volumes")
+    train_vols, val_vols = load_training_volumes(cfg, log)
+    net = build_prior(**cfg.network).to(device).train()
     ema_net = copy.deepcopy(net).eval()
     for p in ema_net.parameters():
         p.requires_grad_(False)
     sched = net.make_scheduler()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sampler = StackSampler(train_vols, net.neighbours, patch, seed, gain=(1.0, 1.0) if modality == "CT" else (0.9, 1.1))
-    val = _validation(val_vols, net.neighbours, patch)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
+    sampler = StackSampler(train_vols, net.neighbours, cfg.patch, cfg.seed,
+                           gain=(1.0, 1.0) if cfg.modality == "CT" else (0.9, 1.1))
+    val = _validation(val_vols, net.neighbours, cfg.patch)
     step, elapsed, history = 0, 0.0, []
-    last = ckpt / "last.pt"
-    if last.is_file():
-        state = torch.load(last, map_location=device, weights_only=True)
-        if state.get("config") == net.config:
-            net.load_state_dict(state["model"])
-            ema_net.load_state_dict(state["ema"])
-            opt.load_state_dict(state["optimizer"])
-            step, elapsed, history = state["step"], state["elapsed"], state["history"]
-            sampler.rng = np.random.default_rng(seed + step)
-            log(f"resumed from {last} at step {step} ({elapsed / 60:.1f} min trained)")
-        else:
-            log(f"ignoring {last}: it holds another configuration")
+    last = folder / "last.pt"
+    state = resume(last, key, device, log)
+    if state is not None:
+        net.load_state_dict(state["model"])
+        ema_net.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed, history = state["step"], state["elapsed"], state["history"]
+        sampler.rng = np.random.default_rng(cfg.seed + step)
+    else:
+        log(f"new run {key}: checkpoints in {folder}")
     n_params = sum(p.numel() for p in net.parameters())
-    log(f"training {net.architecture} {net.config} ({n_params / 1e6:.2f} M parameters): batch {batch}×"
-        f"{net.in_channels}×{patch}² on {device}, wall budget {minutes} min")
-    budget = minutes * 60
+    log(f"training {net.architecture} {net.config} ({n_params / 1e6:.2f} M parameters): batch {cfg.batch_size}×"
+        f"{net.in_channels}×{cfg.patch}² on {device}, wall budget {cfg.wall_minutes} min")
+    budget = cfg.wall_minutes * 60 if cfg.wall_minutes else float("inf")
 
     def save() -> None:
-        tmp = last.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "ema": ema_net.state_dict(), "optimizer": opt.state_dict(),
-                    "step": step, "elapsed": elapsed, "history": history, "config": net.config}, tmp)
-        tmp.replace(last)
+        save_state(last, {"model": net.state_dict(), "ema": ema_net.state_dict(), "optimizer": opt.state_dict(),
+                          "step": step, "elapsed": elapsed, "history": history, "config": net.config,
+                          "run_key": key})
 
     start = time.perf_counter() - elapsed
     run_losses: list[float] = []
-    gen = torch.Generator().manual_seed(seed + step)
-    while step < steps and elapsed < budget:
-        frac = min(1.0, elapsed / budget)
-        for g in opt.param_groups:
-            g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        x0 = sampler.sample(batch).to(device, non_blocking=True)
-        t = (net.t_max * torch.rand(batch, generator=gen) ** 2).long().clamp_(0, net.t_max - 1).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        xt = sched.add_noise(original_samples=x0, noise=noise, timesteps=t)
-        pred = net(xt, t)
-        loss = torch.mean((pred - noise[:, net.neighbours:net.neighbours + 1]) ** 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        decay = min(ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema_net.parameters(), net.parameters()):
-                pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
-        run_losses.append(float(loss.detach()))
-        step += 1
-        elapsed = time.perf_counter() - start
-        if step % log_every == 0 or step >= steps or elapsed >= budget:
-            rec = {"step": step, "epoch": step / log_every, "minutes": round(elapsed / 60, 2),
-                   "lr": opt.param_groups[0]["lr"], "train_loss": float(np.mean(run_losses)), **validate(ema_net, val)}
-            run_losses = []
-            keep_record(rec, history, save, ckpt)
-            log(f"step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} val ε-loss {rec['val_loss']:.4f} "
-                f"x̂0 PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
-    record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "batch": batch, "patch": patch,
-              "lr": lr, "ema": ema, "seed": seed, "threads": threads,
+    gen = torch.Generator().manual_seed(cfg.seed + step)
+    progress = Progress(cfg.progress_every, cfg.batch_size * net.in_channels * cfg.patch ** 2, log)
+    k = net.neighbours
+    with StopRequest(log) as stop:
+        while step < cfg.max_steps and elapsed < budget and not stop.requested:
+            lr = cosine_lr(opt, cfg.learning_rate, elapsed / budget if math.isfinite(budget) else step / cfg.max_steps,
+                           floor=0.05)
+            x0 = sampler.sample(cfg.batch_size).to(device, non_blocking=True)
+            t = (net.t_max * torch.rand(cfg.batch_size, generator=gen) ** 2).long().clamp_(0, net.t_max - 1)
+            t = t.to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            loss = torch.mean((net(sched.add_noise(original_samples=x0, noise=noise, timesteps=t), t)
+                               - noise[:, k:k + 1]) ** 2)
+            if optimiser_step(loss, net, opt):
+                decay = min(cfg.ema, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for pe, p in zip(ema_net.parameters(), net.parameters()):
+                        pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
+                run_losses.append(float(loss.detach()))
+            step += 1
+            elapsed = time.perf_counter() - start
+            progress.update(step, run_losses[-1] if run_losses else None, lr)
+            if step % cfg.log_every == 0 or step >= cfg.max_steps or elapsed >= budget or stop.requested:
+                rec = {"step": step, "epoch": step / cfg.log_every, "minutes": round(elapsed / 60, 2), "lr": lr,
+                       "train_loss": float(np.mean(run_losses)) if run_losses else float("nan"),
+                       **validate(ema_net, val)}
+                run_losses = []
+                keep_record(rec, history, save, folder)
+                log(f"step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} "
+                    f"val ε-loss {rec['val_loss']:.4f} x̂0 PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
+    record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "batch": cfg.batch_size,
+              "patch": cfg.patch, "lr": cfg.learning_rate, "ema": cfg.ema, "seed": cfg.seed, "threads": cfg.threads,
+              "run_key": key, "run_dir": str(folder),
               "hardware": (torch.cuda.get_device_name() if device.startswith("cuda")
                            else f"{torch.get_num_threads()} CPU threads")}
-    if export:
+    if cfg.export:
         log("tuning the sampler and fitting the uncertainty scale on the validation volume")
-        sampler_record = calibrate_sampler(ema_net, val_vols, seed=seed, device=device, modality=modality, log=log)
-        record["export"] = str(export_prior(ema_net, record, export, docs_dir=docs_dir, command=command,
-                                            sampler=sampler_record, modality=modality, log=log))
+        sampler_record = calibrate_sampler(ema_net, val_vols, seed=cfg.seed, device=device, modality=cfg.modality,
+                                           log=log)
+        record["export"] = str(export_prior(ema_net, record, cfg, sampler=sampler_record, log=log))
     return record
 
 
@@ -361,68 +342,44 @@ def fit_uncertainty_floor(runs: list[tuple[np.ndarray, np.ndarray, Any]], bins: 
     return float(b / a) if a > 0 else 0.0
 
 
-def export_prior(net, record: dict, path: str | Path, *, docs_dir: str | Path | None = None, command: str = "",
-                 sampler: dict | None = None, modality: str = "MR", log: Callable[[str], None] = print) -> Path:
-    """Save the prior as ``path`` (safetensors + JSON card with data, licences, command and curves)."""
-    from medden.models import ModelCard, Normalisation, save_model
+def export_prior(net, record: dict, cfg: PriorConfig, *, sampler: dict | None = None,
+                 log: Callable[[str], None] = print) -> Path:
+    """Save the prior as ``cfg.export`` (safetensors + JSON card with data, licences, command and curves)."""
+    from medden.models import ModelCard, save_model
 
     hist = record.get("history", [])
+    val = ([Path(d.path).name for d in cfg.validation] if cfg.validation else
+           f"{Path(cfg.data[-1].path).name}: top {int(cfg.validation_fraction * 100)} % of slices (last axis)")
     card = ModelCard(
-        name=Path(path).stem, architecture=net.architecture, config=dict(net.config), modality=modality,
-        normalisation=(Normalisation("fixed", offset=CT_OFFSET, scale=CT_SCALE) if modality == "CT"
-                       else Normalisation("percentile", 99.9)), version="0.2.0",
+        name=Path(cfg.export).stem, architecture=net.architecture, config=dict(net.config), modality=cfg.modality,
+        normalisation=CT_PRIOR_NORMALISATION if cfg.modality == "CT" else MR_NORMALISATION, version="0.2.0",
         noise={"model": "any (prior of clean images); posterior sampling supplies the likelihood",
                "sigma_max_fraction_of_p99.9": round(net.sigma_max / 2, 4),
                "sampler": sampler or {}},
         training={"objective": "DDPM epsilon-prediction MSE on the centre slice, t = floor(t_max*u^2)",
-                  "command": command,
-                  "data": [{"path": name, "licence": lic} for name, lic in DATA[modality]],
-                  "held_out_never_trained_on": list(HELD_OUT),
-                  "validation": f"{DATA[modality][-1][0]}: top {int(VAL_FRACTION * 100)} % of slices (last axis)",
+                  "command": cfg.command,
+                  "data": [{"path": Path(d.path).name, "licence": d.licence} for d in cfg.data],
+                  "held_out_never_trained_on": list(cfg.held_out), "validation": val,
                   "steps": record.get("steps"), "minutes": record.get("minutes"), "batch": record.get("batch"),
                   "patch": record.get("patch"), "learning_rate": record.get("lr"), "ema": record.get("ema"),
                   "threads": record.get("threads"), "hardware": record.get("hardware", "CPU"),
                   "curves": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()} for h in hist],
                   "final_val_psnr_x0_dB": hist[-1]["val_psnr"] if hist else None})
-    out = save_model(copy.deepcopy(net).cpu().eval(), card, path)
+    out = save_model(copy.deepcopy(net).cpu().eval(), card, cfg.export)
     log(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    if docs_dir and hist:
-        write_curves(hist, Path(docs_dir))
+    if cfg.docs_dir and hist:
+        write_curves(hist, Path(cfg.docs_dir))
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m medden.training.diffusion", description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint-dir", default="/work/ckpt/diffusion")
-    ap.add_argument("--minutes", type=float, default=28.0, help="wall-time budget (resumed runs count what was done)")
-    ap.add_argument("--steps", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--patch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    ap.add_argument("--modality", default="MR", choices=sorted(DATA), help="which prior: MR (MR_DATA) or CT (CT_DATA)")
-    ap.add_argument("--data-folder", default="", help="folder holding the volumes (default: /work/shared/data/mr[i]|ct)")
-    ap.add_argument("--log-every", type=int, default=100, help="steps between validation records")
-    ap.add_argument("--channels", default="16,32,64")
-    ap.add_argument("--export", default="", help="weights to write (default: medden/models/weights/"
-                                                 "medden_diffusion_{mr,ct}_prior.safetensors; 'none': no export)")
-    ap.add_argument("--docs-dir", default="", help="curves folder (default: benchmarks/results/diffusion_prior[_ct])")
-    args = ap.parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    """``python -m medden.training.diffusion CONFIG [--data-root DIR]``: the same as ``medden train``."""
     import sys
 
-    command = "python -m medden.training.diffusion " + " ".join(sys.argv[1:] if argv is None else argv)
-    m = args.modality.lower()
-    train_prior(checkpoint_dir=args.checkpoint_dir, minutes=args.minutes, steps=args.steps, batch=args.batch,
-                patch=args.patch, lr=args.lr, threads=args.threads, seed=args.seed,
-                config={"channels": tuple(int(c) for c in args.channels.split(","))},
-                export=None if args.export == "none" else (args.export or
-                                                           f"medden/models/weights/medden_diffusion_{m}_prior.safetensors"),
-                docs_dir=args.docs_dir or f"benchmarks/results/diffusion_prior{'' if m == 'mr' else '_' + m}",
-                command=command.strip(), device=args.device, modality=args.modality,
-                data_folder=Path(args.data_folder) if args.data_folder else None, log_every=args.log_every)
+    from medden.cli import main as cli
+
+    return cli(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

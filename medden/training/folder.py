@@ -45,7 +45,7 @@ def folder_config(folder: Path, mode: str, modality: str, init: Optional[str], o
     cfg = {"name": name, "modality": code, "mode": mode, "data": [{"path": str(p)} for p in scans],
            "patch_size": [32, 32, 32], "batch_size": 8, "epochs": 20, "steps_per_epoch": 100,
            "learning_rate": 2e-4, "network": {"features": [8, 16, 32, 64, 128, 8]},
-           "checkpoint_dir": str(Path(".medden_checkpoints") / name), "export": f"{name}.safetensors",
+           "export": f"{name}.safetensors",  # checkpoints: the user's cache, one folder per config and data
            "noise": {"model": "lowdose-ct" if code == "CT" else "rician"}}
     if init in (None, "shipped"):
         try:

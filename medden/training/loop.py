@@ -1,5 +1,9 @@
-"""The training loop: resumable, wall-time bounded, validation PSNR each epoch, checkpoints, export to a shipped
-model (safetensors + card) with its curves."""
+"""The denoising U-Nets' training loop: resumable (only the same run, see :func:`~medden.training.engine.run_key`),
+wall-time bounded, a progress line every few steps, validation PSNR each epoch, checkpoints, and export to a shipped
+model (safetensors + card) with its curves — refused when the model is worse than its input on validation.
+
+:func:`train` is the sequence of small steps below; the pieces shared with the diffusion prior's trainer (device and
+DDP setup, resume, schedule, non-finite skip, progress) live in :mod:`medden.training.engine`."""
 from __future__ import annotations
 
 import json
@@ -11,18 +15,33 @@ from typing import Callable
 import numpy as np
 import torch
 
-from medden.training.config import TrainConfig
+from medden.training.config import ConfigError, TrainConfig
 from medden.training.data import CT_SCALE, PatchSampler, TrainVolume, load_volumes, synthetic_volume
+from medden.training.engine import (
+    Progress, TrainingError, agree, cosine_lr, keep_record, optimiser_step, parameter_digest, resume, run_dir, run_key,
+    StopRequest, save_state, setup_device, start_state)
 from medden.training.losses import training_loss
 
+__all__ = ["train", "export", "validate", "run_key", "run_dir", "keep_record", "write_curves"]
 
-def _validation_set(volumes: list[TrainVolume], cfg: TrainConfig) -> list[tuple]:
-    """Fixed noisy/clean patches (seeded) at fixed levels: MR σ = 1, 3, 5, 7, 9 % of p99.9; CT dose 25 % and 10 %."""
+
+def _validation_set(volumes: list[TrainVolume], cfg: TrainConfig, device: str = "cpu") -> list[tuple]:
+    """Fixed noisy/clean patches (seeded) at fixed levels: MR σ = 1, 3, 5, 7, 9 % of p99.9; CT dose 25 % and 10 %.
+    Every validation volume is a reference here (noise is added to it), at its native voxel size."""
+    import dataclasses
+
+    volumes = [dataclasses.replace(v, role="clean") for v in volumes]
     sampler = PatchSampler(volumes, cfg.model_copy(update={"augment": False, "intensity_scale": (1.0, 1.0),
+                                                           "resample": None,
                                                            "noise": cfg.noise.model_copy(update={"level_jitter": 0})}),
-                           seed=12345)
+                           seed=12345, device=device)
     out = []
     for i in range(cfg.val_patches):
+        if cfg.mode == "n2v":  # against an independent target: x = y + σz, target y − σz (R2R with α = 1)
+            x, y, level, _ = sampler.sample(1)
+            z = sampler._randn(y.shape) * level.view(-1, 1, 1, 1, 1)
+            out.append((y + z, y - z, level * math.sqrt(2), None))
+            continue
         if cfg.mode == "supervised":
             if cfg.modality == "MR":
                 s = (0.01, 0.03, 0.05, 0.07, 0.09)[i % 5]
@@ -45,8 +64,7 @@ class _PatchStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         if info is not None:
             torch.set_num_threads(1)
-            self.sampler.rng = np.random.default_rng([self.seed, info.id])
-            self.sampler.gen = torch.Generator().manual_seed(self.seed * 1009 + info.id)
+            self.sampler.reseed(self.seed * 1009 + info.id)
         while True:
             yield self.sampler.sample()
 
@@ -54,8 +72,8 @@ class _PatchStream(torch.utils.data.IterableDataset):
 def _batches(sampler: PatchSampler, cfg: TrainConfig, seed: int, device: str):
     """Training batches: drawn in this process, or by ``cfg.workers`` loader processes (seeded, so resumable runs
     differ from their first segment but stay reproducible)."""
-    if cfg.workers == 0:
-        sampler.rng = np.random.default_rng(seed)
+    if cfg.workers == 0 or sampler.device != "cpu":
+        sampler.reseed(seed)
         while True:
             yield sampler.sample()
     loader = torch.utils.data.DataLoader(_PatchStream(sampler, seed), batch_size=None, num_workers=cfg.workers,
@@ -65,13 +83,14 @@ def _batches(sampler: PatchSampler, cfg: TrainConfig, seed: int, device: str):
 
 
 def _psnr(est: torch.Tensor, ref: torch.Tensor, data_range: float) -> float:
-    mse = float(torch.mean((est - ref) ** 2))
+    mse = float(torch.mean((est.float() - ref.float()) ** 2))
     return 10 * math.log10(data_range ** 2 / max(mse, 1e-20))
 
 
 def validate(net, val: list[tuple], cfg: TrainConfig, device: str) -> dict[str, float]:
     """Mean PSNR of the noisy input and of the network output on the validation patches (data range: 1 for MR in
-    p99.9 units, 2000 HU for CT) — for self-supervised modes against the held-out noisy target — and the loss."""
+    p99.9 units, 2000 HU for CT) — for self-supervised modes against an independently noisy target, the same for
+    both, so the comparison stays fair — and the loss."""
     net.eval()
     rng = 1.0 if cfg.modality == "MR" else 2000.0 / CT_SCALE
     p_in, p_out, losses = [], [], []
@@ -86,187 +105,192 @@ def validate(net, val: list[tuple], cfg: TrainConfig, device: str) -> dict[str, 
     return {"val_psnr_noisy": float(np.mean(p_in)), "val_psnr": float(np.mean(p_out)), "val_loss": float(np.mean(losses))}
 
 
-def keep_record(rec: dict, history: list[dict], save: Callable[[], None], folder: Path) -> None:
-    """One validation record: into ``history``, then the checkpoint (``save``, which stores the history), then a line
-    of ``folder/log.jsonl`` — the order that keeps the log no ahead of the checkpoint."""
-    history.append(rec)
-    save()
-    with open(folder / "log.jsonl", "a") as f:
-        f.write(json.dumps(rec) + "\n")
+def _initial_network(cfg: TrainConfig, log: Callable[[str], None]):
+    """A fresh network, or ``cfg.init_weights``: as they are when ``cfg.network`` is empty or the same, widened
+    (function-preserving, :func:`~medden.models.networks.widen_unet`) when ``cfg.network`` asks for a wider U-Net."""
+    from medden.models import build_network, load_model
+    from medden.models.networks import widen_unet
+
+    if not cfg.init_weights:
+        return build_network(cfg.architecture, **cfg.network)
+    net, _ = load_model(cfg.init_weights, device="cpu", expect_architecture=cfg.architecture)
+    want = {**net.config, **cfg.network}
+    if want != net.config:
+        if cfg.architecture != "conditioned-unet3d" or want.get("bias") != net.config.get("bias"):
+            raise ConfigError(f"init_weights {cfg.init_weights} hold {net.config}, the config asks for {want}")
+        net = widen_unet(build_network(cfg.architecture, **want), net.state_dict(), net.config["features"])
+        log(f"initialised from {cfg.init_weights}, widened to features {want['features']}")
+    else:
+        log(f"initialised from {cfg.init_weights}")
+    return net
 
 
-def _init_distributed(device: str) -> tuple[int, int, str]:
-    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group — NCCL on GPUs, gloo on CPUs — and return
-    ``(rank, world_size, device)``; otherwise ``(0, 1, device)``."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, device
-    import torch.distributed as dist
-
-    if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
+def _data(cfg: TrainConfig, folder: Path, rank: int, device: str, log: Callable[[str], None]):
+    """The patch sampler (volumes resident on ``device`` when it is a GPU) and the fixed validation patches."""
+    log(f"loading {len(cfg.data)} training and {len(cfg.validation)} validation volumes")
+    volumes = load_volumes(cfg.data, cfg, folder / "cache", log)
+    rng = np.random.default_rng(cfg.seed)
+    for i in range(cfg.synthetic_volumes):
+        volumes.append(TrainVolume(f"synthetic-{i}", synthetic_volume(rng)))
+    val_volumes = load_volumes(cfg.validation, cfg, folder / "cache", log) if cfg.validation else volumes
+    val = _validation_set(val_volumes, cfg, device)
+    # each rank draws its own patches; on a GPU the volumes stay resident there and patches and noise are made there
+    on_device = device.startswith("cuda") or cfg.workers == 0
+    if device.startswith("cuda") and cfg.workers:
+        log(f"volumes resident on {device}: patches are made there, the {cfg.workers} loader workers are not used")
+    return PatchSampler(volumes, cfg, seed=cfg.seed + 1000 * rank, device=device if on_device else "cpu"), val
 
 
-def _agree(stop: bool, world: int) -> bool:
-    """Every rank stops at the same step (rank 0's wall clock decides), or DDP's all-reduce would hang."""
+def _wrap(net, world: int, device: str, log: Callable[[str], None]):
+    """``net`` itself, or under ``torchrun`` wrapped in DistributedDataParallel."""
     if world == 1:
-        return stop
-    import torch.distributed as dist
+        return net
+    from torch.nn.parallel import DistributedDataParallel
 
-    flag = torch.tensor([1.0 if stop else 0.0])
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
+    log(f"DistributedDataParallel over {world} processes ({'NCCL' if device.startswith('cuda') else 'gloo'})")
+    return DistributedDataParallel(net, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
 
 
-def _parameter_digest(net) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for tensor in net.state_dict().values():
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def _loss(model, batch, cfg: TrainConfig, device: str, amp_dtype) -> torch.Tensor:
+    """The training loss of one batch, the network under autocast (bf16 on a GPU)."""
+    x, y, level, mask = batch
+    x, y, level = x.to(device, non_blocking=True), y.to(device, non_blocking=True), level.to(device)
+    mask = None if mask is None else mask.to(device)
+    with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu",
+                        dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        est = model(x, level)
+    return training_loss(est.float(), y, level, mask, cfg.loss, lowpass_weight=cfg.lowpass_weight)
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) the model described by ``cfg``; returns the final record (and exports when ``cfg.export``).
 
-    Resuming: when ``checkpoint_dir/last.pt`` exists for the same architecture, training continues from its step,
-    optimiser state and elapsed wall time. Training stops after ``epochs`` or when the wall budget is spent; the
-    learning rate follows a cosine over whichever of the two comes first.
+    The run's folder is ``<checkpoint_dir>/<name>-<run key>``: the same config and data resume from its
+    ``last.pt`` (step, optimiser state and elapsed wall time), anything else starts a new run in its own folder.
+    Training stops after ``epochs`` or when the wall budget is spent; the learning rate follows a cosine over
+    whichever comes first. Before export the model is validated against its input: worse → :class:`TrainingError`
+    (``on_worse="refuse"``, nothing exported) or a loud warning (``"warn"``).
     """
-    from medden.inference import autocast_dtype, resolve_device
-    from medden.models import build_network, load_model
+    from medden.inference import autocast_dtype
 
-    device = resolve_device(cfg.device)
-    rank, world, device = _init_distributed(device)
+    rank, world, device = setup_device(cfg.device, cfg.threads)
     if rank != 0:  # one voice: rank 0 logs, checkpoints and exports
         log = lambda _msg: None  # noqa: E731
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    ckpt_dir = Path(cfg.checkpoint_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    key = run_key(cfg)
+    folder = run_dir(cfg, key)
+    folder.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        (ckpt_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
-    log(f"loading {len(cfg.data)} training and {len(cfg.validation)} validation volumes")
-    volumes = load_volumes(cfg.data, cfg, ckpt_dir / "cache", log)
-    rng = np.random.default_rng(cfg.seed)
-    for i in range(cfg.synthetic_volumes):
-        volumes.append(TrainVolume(f"synthetic-{i}", synthetic_volume(rng)))
-    val_volumes = load_volumes(cfg.validation, cfg, ckpt_dir / "cache", log) if cfg.validation else volumes
-    val = _validation_set(val_volumes, cfg)
-    sampler = PatchSampler(volumes, cfg, seed=cfg.seed + 1000 * rank)  # each rank draws its own patches
-
-    if cfg.init_weights:
-        net, _ = load_model(cfg.init_weights, device="cpu", expect_architecture=cfg.architecture)
-        log(f"initialised from {cfg.init_weights}")
-    else:
-        net = build_network(cfg.architecture, **cfg.network)
-    net = net.to(device).train()
+        (folder / "config.json").write_text(cfg.model_dump_json(indent=2))
+    sampler, val = _data(cfg, folder, rank, device, log)
+    net = _initial_network(cfg, log).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     amp_dtype = autocast_dtype(device, "auto") if cfg.amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     step, elapsed, history = 0, 0.0, []
-    last = ckpt_dir / "last.pt"
-    if last.is_file():
-        state = torch.load(last, map_location=device, weights_only=True)
-        if state.get("architecture") == cfg.architecture and state.get("network") == net.config:
+    last = folder / "last.pt"
+    state = resume(last, key, device, log)
+    if state is not None and (state.get("architecture") != cfg.architecture or state.get("network") != net.config):
+        log(f"ignoring {last}: it holds another architecture")
+        state = None
+    if state is None and cfg.resume_from:
+        state, same = start_state(cfg.resume_from, key, log)
+        if state.get("network") != net.config:
+            raise ConfigError(f"resume_from {cfg.resume_from} holds {state.get('network')}, the config asks for "
+                              f"{net.config}")
+        if not same:
             net.load_state_dict(state["model"])
+            state = None
+    if state is not None:
+        net.load_state_dict(state["model"])
+        if "optimizer" in state:
             opt.load_state_dict(state["optimizer"])
-            step, elapsed, history = state["step"], state["elapsed"], state["history"]
-            log(f"resumed from {last} at step {step} ({elapsed / 60:.1f} min trained)")
-        else:
-            log(f"ignoring {last}: it holds another architecture")
-    model = net
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(net, device_ids=[torch.cuda.current_device()] if device.startswith("cuda")
-                                        else None)
-        log(f"DistributedDataParallel over {world} processes ({'NCCL' if device.startswith('cuda') else 'gloo'})")
+        step, elapsed, history = state["step"], state["elapsed"], state["history"]
+    else:
+        log(f"new run {key}: checkpoints in {folder} (another config or other data is another run)")
+    model = _wrap(net, world, device, log)
     total_steps = cfg.epochs * cfg.steps_per_epoch
     budget = cfg.wall_minutes * 60 if cfg.wall_minutes else float("inf")
+    voxels = cfg.batch_size * int(np.prod(cfg.patch_size))
     log(f"training {cfg.architecture} {net.config} on {device}"
         f"{' with ' + str(amp_dtype).split('.')[-1] + ' autocast' if amp_dtype else ''}: "
         f"{total_steps} steps of {cfg.batch_size}×{cfg.patch_size}, wall budget {cfg.wall_minutes or '∞'} min")
 
     def save() -> None:
-        if rank != 0:
-            return
-        tmp = last.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                    "history": history, "architecture": cfg.architecture, "network": net.config}, tmp)
-        tmp.replace(last)
+        if rank == 0:
+            save_state(last, {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                              "elapsed": elapsed, "history": history, "architecture": cfg.architecture,
+                              "network": net.config, "run_key": key, "config": cfg.model_dump(mode="json")})
 
     batches = _batches(sampler, cfg, cfg.seed + 1000 * rank + step, device)
+    progress = Progress(cfg.progress_every, voxels, log)
     start, run_losses, skipped = time.perf_counter() - elapsed, [], 0
-    while not _agree(step >= total_steps or elapsed >= budget, world):
-        frac = max(step / total_steps, elapsed / budget if math.isfinite(budget) else 0.0)
-        for g in opt.param_groups:
-            g["lr"] = cfg.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-        x, y, level, mask = next(batches)
-        x, y, level = x.to(device, non_blocking=True), y.to(device, non_blocking=True), level.to(device)
-        mask = None if mask is None else mask.to(device)
-        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu",
-                            dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            est = model(x, level)
-        loss = training_loss(est.float(), y, level, mask, cfg.loss, lowpass_weight=cfg.lowpass_weight)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        if not bool(torch.isfinite(norm)):
-            # a non-finite gradient (an overflow of a reduced-precision kernel) would turn every weight into NaN:
-            # this step is skipped, counted and logged instead; the scaler still learns of it. DDP has all-reduced
-            # the gradients, so every rank sees the same norm and skips the same step without a further collective
-            skipped += 1
-            log(f"step {step}: non-finite gradient, update skipped ({skipped} so far)")
-        else:
-            scaler.step(opt)
-            run_losses.append(float(loss.detach()))
-        scaler.update()
-        step += 1
-        elapsed = time.perf_counter() - start
-        if rank == 0 and (step % cfg.steps_per_epoch == 0 or step >= total_steps or elapsed >= budget):
-            rec = {"step": step, "epoch": step / cfg.steps_per_epoch, "minutes": round(elapsed / 60, 2),
-                   "lr": opt.param_groups[0]["lr"],
-                   "train_loss": float(np.mean(run_losses)) if run_losses else float("nan"),
-                   **validate(net, val, cfg, device)}
-            run_losses = []
-            keep_record(rec, history, save, ckpt_dir)
-            log(f"epoch {rec['epoch']:.0f} step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} "
-                f"val PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
+    with StopRequest(log) as stop:
+        while not agree(step >= total_steps or elapsed >= budget or stop.requested, world):
+            lr = cosine_lr(opt, cfg.learning_rate,
+                           max(step / total_steps, elapsed / budget if math.isfinite(budget) else 0.0))
+            loss = _loss(model, next(batches), cfg, device, amp_dtype)
+            if optimiser_step(loss, net, opt, scaler):
+                run_losses.append(float(loss.detach()))
+            else:
+                skipped += 1
+                log(f"step {step}: non-finite gradient, update skipped ({skipped} so far)")
+            step += 1
+            elapsed = time.perf_counter() - start
+            progress.update(step, run_losses[-1] if run_losses else None, lr)
+            end = step >= total_steps or elapsed >= budget or stop.requested
+            if rank == 0 and (step % cfg.steps_per_epoch == 0 or end):
+                rec = {"step": step, "epoch": step / cfg.steps_per_epoch, "minutes": round(elapsed / 60, 2),
+                       "lr": lr, "train_loss": float(np.mean(run_losses)) if run_losses else float("nan"),
+                       **validate(net, val, cfg, device), **progress.last}
+                run_losses = []
+                keep_record(rec, history, save, folder)
+                log(f"epoch {rec['epoch']:.0f} step {step} {rec['minutes']:.1f} min loss {rec['train_loss']:.4f} "
+                    f"val PSNR {rec['val_psnr']:.2f} dB (noisy {rec['val_psnr_noisy']:.2f})")
     record = {"steps": step, "minutes": round(elapsed / 60, 1), "history": history, "world_size": world,
-              "skipped_steps": skipped}
+              "skipped_steps": skipped, "run_key": key, "run_dir": str(folder)}
+    _finish(net, cfg, record, val, device, rank, world, folder, log)
+    return record
+
+
+def _finish(net, cfg: TrainConfig, record: dict, val, device: str, rank: int, world: int, folder: Path,
+            log: Callable[[str], None]) -> None:
+    """Digests of every rank's weights (DDP), the validation gate, export, and the process group's end."""
     if world > 1:
         import torch.distributed as dist
 
         # every rank records the digest of its weights: DDP keeps them identical (the multi-process test checks it)
-        (ckpt_dir / f"rank{rank}.sha256").write_text(_parameter_digest(net) + "\n")
+        (folder / f"rank{rank}.sha256").write_text(parameter_digest(net) + "\n")
         dist.barrier()
-    if cfg.export and rank == 0:
-        record["export"] = str(export(net, cfg, record, log))
-    if world > 1:
-        import torch.distributed as dist
+    try:
+        if cfg.export and rank == 0:
+            final = validate(net, val, cfg, device)
+            record["validation"] = final
+            gain = final["val_psnr"] - final["val_psnr_noisy"]
+            log(f"validation: output {final['val_psnr']:.2f} dB vs noisy input {final['val_psnr_noisy']:.2f} dB "
+                f"({gain:+.2f} dB)")
+            if gain < 0:
+                msg = (f"the trained model is WORSE than its input on validation ({final['val_psnr']:.2f} dB vs "
+                       f"{final['val_psnr_noisy']:.2f} dB)")
+                if cfg.on_worse == "refuse":
+                    raise TrainingError(f"{msg}: not exported (train longer, or set on_worse='warn'); the "
+                                        f"checkpoint stays in {folder}")
+                log(f"WARNING: {msg}; exporting anyway (on_worse='warn')")
+            record["export"] = str(export(net, cfg, record, log))
+    finally:
+        if world > 1:
+            import torch.distributed as dist
 
-        dist.barrier()
-        dist.destroy_process_group()
-    return record
+            dist.barrier()
+            dist.destroy_process_group()
 
 
 def export(net, cfg: TrainConfig, record: dict, log: Callable[[str], None] = print) -> Path:
     """Save the network as ``cfg.export`` (safetensors + card) and its curves into ``cfg.docs_dir``."""
-    from medden.models import ModelCard, Normalisation, save_model
+    from medden.models import ModelCard, save_model
+    from medden.models.card import CT_NORMALISATION, MR_NORMALISATION
 
-    norm = (Normalisation("percentile", 99.9) if cfg.modality == "MR"
-            else Normalisation("fixed", offset=0.0, scale=CT_SCALE))
+    norm = MR_NORMALISATION if cfg.modality == "MR" else CT_NORMALISATION  # what training used (medden.training.data)
     noise = ({"model": cfg.noise.model, "coils": cfg.noise.coils, "sigma_range_fraction_of_p99.9": cfg.noise.sigma_range}
              if cfg.modality == "MR" else {"model": "lowdose-ct-insertion (projection domain)",
                                             "dose_range": cfg.noise.dose_range})
@@ -274,8 +298,12 @@ def export(net, cfg: TrainConfig, record: dict, log: Callable[[str], None] = pri
     card = ModelCard(name=cfg.name, architecture=cfg.architecture, config=dict(net.config), modality=cfg.modality,
                      normalisation=norm, noise=noise,
                      training={"mode": cfg.mode, "command": cfg.command,
-                               "data": [{"path": Path(d.path).name, "licence": d.licence, "downsample": d.downsample,
-                                         "slices": d.slices} for d in cfg.data],
+                               "data": [{"path": Path(d.path).name, "licence": d.licence, "target": d.target,
+                                         "downsample": d.downsample, "slices": d.slices} for d in cfg.data],
+                               "noisy_targets": "Recorrupted-to-Recorrupted (Pang et al., CVPR 2021) with the "
+                                                "estimated noise level" if any(d.target == "noisy" for d in cfg.data)
+                                                else None,
+                               "resample": cfg.resample.model_dump() if cfg.resample else None,
                                "validation": [{"path": Path(d.path).name, "licence": d.licence} for d in cfg.validation],
                                "synthetic_volumes": cfg.synthetic_volumes, "steps": record.get("steps"),
                                "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None,

@@ -8,15 +8,15 @@ BM4D's voxel rate on the same machine in the same run.
 1. **Input** (``--prepare``, done when missing): a real chest CT (``ct/pyradiomics_lung1_chest.nii.gz`` under the
    data root: ``--data-root``, ``$MEDDEN_DATA``, else ``../shared/data``) resampled (linear) to 512×512×300 voxels,
    stored with 0.63 × 0.63 × 1 mm voxels (the anatomy is stretched ≈ 10 % in-plane, compressed in z: only the size
-   and the HU content matter for speed), plus 20 HU Gaussian noise (seed 0), written to ``scratch/speed/ct.nii.gz``
-   (git-ignored).
+   and the HU content matter for speed), plus 20 HU Gaussian noise (seed 0), rounded to int16 as a scanner stores
+   it, written to ``scratch/speed/ct_512x512x300.nii.gz`` (git-ignored).
 2. **Whole command**, as a user types it: ``medden denoise ct.nii.gz --method deep-ct --quiet -o out.nii.gz``, run
    ``--runs`` times as a fresh process under ``/usr/bin/time -v``: wall seconds (median, min, max) and peak resident
    memory of the process (the largest of its runs).
 3. **Where the time goes**: the first timed run runs the same CLI ``main`` inside ``cProfile`` (imports included),
    summed by stage — imports, load, noise estimation, network (sliding window), fidelity, write (``--no-profile``:
    plain runs only).
-4. **BM4D** on a central crop (``--bm4d-crop``, default 128×128×48) of the same CT, in this process,
+4. **BM4D** (measured first) on a central crop (``--bm4d-crop``, default 128×128×48) of the same CT, in this process,
    ``sigma="auto"`` as the command uses it; the same crop through the deep model's ``denoise`` for a like-for-like
    rate. Ratio: whole-command voxels per second of the deep model over BM4D's voxels per second (the target is ≥ 50×;
    BM4D's figure excludes loading and writing, so the ratio is conservative).
@@ -76,7 +76,7 @@ def prepare(root: Path, path: Path, shape: tuple[int, int, int] = SHAPE, seed: i
     data += np.random.default_rng(seed).normal(0, 20.0, data.shape).astype(np.float32)
     aff = np.diag(list(SPACING) + [1.0])
     aff[:3, 3] = src.affine[:3, 3]
-    vol = medden.Volume(data, aff, modality="CT")
+    vol = medden.Volume(np.rint(data), aff, modality="CT", meta={"stored_dtype": "int16"})  # as a scanner stores it
     path.parent.mkdir(parents=True, exist_ok=True)
     medden.save_volume(vol, path, overwrite=True)
     return info
@@ -108,24 +108,21 @@ def parse_time_v(text: str) -> list[dict]:
     return runs
 
 
-def timed_runs(cmd: list[str], n: int, profile: bool) -> tuple[list[dict], dict | None]:
-    """``n`` runs of ``cmd`` under ``/usr/bin/time -v``; with ``profile`` the first one runs the same CLI ``main``
-    under cProfile (the stage breakdown; its wall time includes the profiler's small overhead and is marked)."""
-    runs, breakdown = [], None
-    for i in range(n):
-        with tempfile.TemporaryDirectory() as tmp:
-            log = Path(tmp) / "time.txt"
-            stats = Path(tmp) / "prof.out"
-            run = cmd if not (profile and i == 0) else (
-                [sys.executable, "-c", PROFILE_SCRIPT, str(stats)] + cmd[cmd.index("denoise"):])
-            res = subprocess.run(["/usr/bin/time", "-v", "-o", str(log)] + run, check=False, capture_output=True,
-                                 text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-            runs += parse_time_v(log.read_text())
-            if profile and i == 0:
-                runs[-1]["profiled"] = True
-                breakdown = stages(res.stdout, res.stderr, stats)
-        print(f"  run {i + 1}/{n}: {runs[-1]['wall_s']:.1f} s, peak {runs[-1]['peak_rss_mb']:.0f} MB", flush=True)
-    return runs, breakdown
+def timed_run(cmd: list[str], profile: bool) -> tuple[dict, dict | None]:
+    """One run of ``cmd`` under ``/usr/bin/time -v``; with ``profile`` the same CLI ``main`` runs under cProfile (the
+    stage breakdown; its wall time includes the profiler's small overhead and is marked ``profiled``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "time.txt"
+        stats = Path(tmp) / "prof.out"
+        run = cmd if not profile else [sys.executable, "-c", PROFILE_SCRIPT, str(stats)] + cmd[cmd.index("denoise"):]
+        res = subprocess.run(["/usr/bin/time", "-v", "-o", str(log)] + run, check=False, capture_output=True,
+                             text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        found = parse_time_v(log.read_text())
+        if not found:
+            raise SystemExit(f"error: /usr/bin/time gave no report: {res.stderr.strip()[-300:]}")
+        if profile:
+            found[0]["profiled"] = True
+        return found[0], (stages(res.stdout, res.stderr, stats) if profile else None)
 
 
 PROFILE_SCRIPT = r"""
@@ -204,40 +201,49 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"medden denoise {ct.relative_to(ROOT)} --method {args.method} --quiet -o {out_path.relative_to(ROOT)}"
     result: dict = {"command": shown, "input": info, "machine": {
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "load_average_before": load0}}
+    crop = tuple(int(v) for v in args.bm4d_crop.split(","))
+    result["same_run_crop"] = bm4d_rate(ct, crop, args.method)  # first: short, so every partial result has it
+    path = RESULTS_DIR / f"{args.name}.json"
+
+    def summarise_and_write(runs: list[dict], note: str) -> None:
+        result["runs_source"] = note
+        bm = result["same_run_crop"]["bm4d"]
+        result["ratio_crop_vs_bm4d"] = result["same_run_crop"][args.method]["voxels_per_s"] / bm["voxels_per_s"]
+        if runs:
+            walls = [r["wall_s"] for r in runs]
+            cpus = [r["user_s"] + r["sys_s"] for r in runs if r["user_s"] is not None]
+            vox = int(np.prod(shape))
+            whole = {"runs": runs, "wall_median_s": statistics.median(walls), "wall_min_s": min(walls),
+                     "wall_max_s": max(walls), "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in runs),
+                     "voxels": vox, "voxels_per_s": vox / statistics.median(walls)}
+            if cpus:  # CPU seconds depend far less on what else the machine runs than wall seconds do
+                whole.update(cpu_median_s=statistics.median(cpus), voxels_per_cpu_s=vox / statistics.median(cpus))
+                result["ratio_whole_command_vs_bm4d_cpu_time"] = whole["voxels_per_cpu_s"] / bm["voxels_per_cpu_s"]
+            result["whole_command"] = whole
+            result["ratio_whole_command_vs_bm4d"] = whole["voxels_per_s"] / bm["voxels_per_s"]
+        result["machine"]["load_average_after"] = os.getloadavg()
+        result["date_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+        tmp = path.with_suffix(".json.partial")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(path)
+
     if args.time_log:
         runs = parse_time_v(Path(args.time_log).read_text())
-        result["runs_source"] = f"/usr/bin/time -v reports of {len(runs)} runs made outside this script"
+        summarise_and_write(runs, f"/usr/bin/time -v reports of {len(runs)} runs made outside this script")
     else:
-        runs, breakdown = timed_runs(cmd, args.runs, not args.no_profile)
-        result["runs_source"] = (f"{len(runs)} runs of the command under /usr/bin/time -v, one after another"
-                                 + ("; the first under cProfile (the breakdown)" if breakdown else ""))
-        if breakdown:
-            result["breakdown"] = breakdown
-    if runs:
-        walls = [r["wall_s"] for r in runs]
-        vox = int(np.prod(shape))
-        result["whole_command"] = {"runs": runs, "wall_median_s": statistics.median(walls), "wall_min_s": min(walls),
-                                   "wall_max_s": max(walls), "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in runs),
-                                   "voxels": vox, "voxels_per_s": vox / statistics.median(walls)}
-        cpus = [r["user_s"] + r["sys_s"] for r in runs if r["user_s"] is not None]
-        if cpus:  # CPU seconds depend far less on what else the machine runs than wall seconds do
-            result["whole_command"].update(cpu_median_s=statistics.median(cpus),
-                                           voxels_per_cpu_s=vox / statistics.median(cpus))
-    crop = tuple(int(v) for v in args.bm4d_crop.split(","))
-    result["same_run_crop"] = bm4d_rate(ct, crop, args.method)
-    bm = result["same_run_crop"]["bm4d"]["voxels_per_s"]
-    if "whole_command" in result:
-        result["ratio_whole_command_vs_bm4d"] = result["whole_command"]["voxels_per_s"] / bm
-    result["ratio_crop_vs_bm4d"] = result["same_run_crop"][args.method]["voxels_per_s"] / bm
-    if "voxels_per_cpu_s" in result.get("whole_command", {}):
-        result["ratio_whole_command_vs_bm4d_cpu_time"] = (result["whole_command"]["voxels_per_cpu_s"]
-                                                          / result["same_run_crop"]["bm4d"]["voxels_per_cpu_s"])
-    result["machine"]["load_average_after"] = os.getloadavg()
-    result["date_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
-    path = RESULTS_DIR / f"{args.name}.json"
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)
+        runs = []
+        for i in range(args.runs):  # written after each run: a stopped benchmark keeps the runs it finished
+            profile = i == 0 and not args.no_profile
+            run, breakdown = timed_run(cmd, profile)
+            runs.append(run)
+            if breakdown:
+                result["breakdown"] = breakdown
+            print(f"  run {i + 1}/{args.runs}: {run['wall_s']:.1f} s wall, {run['user_s'] + run['sys_s']:.1f} CPU s, "
+                  f"peak {run['peak_rss_mb']:.0f} MB", flush=True)
+            summarise_and_write(runs, f"{len(runs)} runs of the command under /usr/bin/time -v, one after another"
+                                + ("; the first under cProfile (the breakdown)" if not args.no_profile else ""))
+    if not runs:
+        summarise_and_write([], "no whole-command runs")
     print(json.dumps({k: v for k, v in result.items() if k != "input"}, indent=1))
     print(f"wrote {path.relative_to(ROOT)}")
     return 0

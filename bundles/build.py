@@ -77,7 +77,7 @@ def inference_config(method: str, card: dict) -> dict:
 def train_config() -> dict:
     """Train (or resume) with medden's own loop from the bundle's ``configs/medden_train.json``."""
     return {
-        "imports": ["$import os", "$import medden.bundle", "$import medden.training"],
+        "imports": ["$import os", "$import medden", "$import medden.bundle", "$import medden.training"],
         "bundle_root": "$medden.bundle.bundle_root()",
         "config_file": "$os.path.join(@bundle_root, 'configs', 'medden_train.json')",
         "config": "$medden.training.load_config(@config_file)",
@@ -95,7 +95,9 @@ def multi_gpu_train_config() -> dict:
             --config_file "['bundles/NAME/configs/train.json','bundles/NAME/configs/multi_gpu_train.json']"
     """
     return {
-        "imports": ["$import torch", "$import medden.training"],
+        # the whole list: a second config file replaces train.json's "imports" rather than adding to them
+        "imports": ["$import os", "$import torch", "$import medden", "$import medden.bundle",
+                    "$import medden.training"],
         "device": "$'cuda' if torch.cuda.is_available() else 'cpu'",
         "config": "$medden.training.load_config(@config_file, device=@device)",
     }
@@ -178,8 +180,19 @@ def model_doc(name: str, spec: dict, card: dict) -> str:
              "`f(a·x, a·σ) = a·f(x, σ)`), the noise level as a second input channel, residual output.",
              f"- Normalisation: {card['normalisation']}",
              f"- Noise: {card['noise']}",
-             f"- Weights: `medden/models/weights/{Path(card['name']).name}.safetensors` (sha256 `{card['sha256']}`)",
-             "", "## Training", ""]
+             f"- Weights: `models/model.safetensors`, a copy of `medden/models/weights/{Path(card['name']).name}"
+             f".safetensors` (sha256 `{card['sha256']}`, also in `large_files.yml`)",
+             "", "## Use", "", "From any folder (the bundle finds its own `models/` from the config file's location; "
+             "`--bundle_root DIR` overrides it); a missing or empty dataset folder stops with one `error:` line:", "",
+             "```bash", f"python -m monai.bundle run --config_file bundles/{name}/configs/inference.json \\",
+             "    --dataset_dir scans/ --output_dir denoised/",
+             f"python -m monai.bundle verify_metadata --meta_file bundles/{name}/configs/metadata.json \\",
+             "    --filepath bundles/monai_schema/meta_schema_20240725.json        # offline",
+             f"python -m monai.bundle verify_net_in_out network_def --config_file bundles/{name}/configs/inference.json "
+             "\\", f"    --meta_file bundles/{name}/configs/metadata.json",
+             f"python -m monai.bundle download_large_files --bundle_path bundles/{name}   # checks the weights' sha256",
+             "```", "", "`network_def` takes one `[B, 2, D, H, W]` tensor (the normalised image and its noise-level "
+             "map) and returns the denoised normalised image.", "", "## Training", ""]
     stages = tr.get("stages") or [{"stage": 0, "command": tr.get("command") or f"medden train {spec['config']}",
                                    "hardware": tr.get("hardware", "2 shared CPU cores"), "wall_minutes": tr.get("minutes")}]
     if len(stages) > 1:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medden.conventions import sha256_file
 from medden.errors import InputError, MeddenError, OutputError, ParameterError
 from medden.io.atomic import atomic_path
 
@@ -91,14 +92,6 @@ def output_path(out_dir: Path, relpath: str) -> Path:
     return Path(out_dir) / rel.parent / ("_".join(entities + ["desc-denoised", parts[-1]]) + ".nii.gz")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _settings_key(input_sha: str, method: str, sigma, params: dict) -> str:
     from medden._version import __version__
 
@@ -159,7 +152,7 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
         source = Path(image.path)
         target = output_path(out_dir, image.relpath)
         sidecar = sidecar_path(target)
-        input_sha = _sha256(source)
+        input_sha = sha256_file(source)
         key = _settings_key(input_sha, method, sigma, params)
         if target.is_file() and sidecar.is_file() and _recorded_key(sidecar) == key:
             result.skipped.append(target)

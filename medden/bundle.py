@@ -72,8 +72,10 @@ def scan_paths(dataset_dir: str | os.PathLike, extensions: Sequence[str]) -> lis
     """The scans directly inside ``dataset_dir``: files ending in one of ``extensions`` and sub-folders (one DICOM
     series each), sorted; hidden entries (``.*``, AppleDouble ``._*``) are left out.
 
-    Stops the run when the folder is missing, is not a folder or holds no scan.
+    Stops the run when no folder is named, or it is missing, is not a folder or holds no scan.
     """
+    if not str(dataset_dir).strip():
+        raise _stop("no dataset folder given (give it with --dataset_dir DIR)")
     folder = Path(dataset_dir)
     if not folder.exists():
         raise _stop(f"dataset folder {folder} does not exist (give it with --dataset_dir DIR)")

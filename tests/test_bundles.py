@@ -190,6 +190,21 @@ def test_bundle_root_is_found_from_the_config_file(tmp_path, argv, expected):
     assert bundle_root(argv) == (str(tmp_path / expected) if expected != "." else ".")
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_train_config_finds_the_bundles_training_config_from_any_folder(name, tmp_path, monkeypatch):
+    """train.json named its medden config relative to the repository root; now relative to the bundle."""
+    from monai.bundle import ConfigParser
+
+    monkeypatch.chdir(tmp_path)
+    train = str(BUNDLES / name / "configs" / "train.json")
+    multi = str(BUNDLES / name / "configs" / "multi_gpu_train.json")
+    for files in ([train], [train, multi]):  # multi_gpu_train.json overrides train.json's items, imports included
+        monkeypatch.setattr(sys, "argv", ["monai.bundle", "run", "--config_file", repr(files)])
+        parser = ConfigParser()
+        parser.read_config(files)
+        assert Path(parser.get_parsed_content("config_file")) == BUNDLES / name / "configs" / "medden_train.json"
+
+
 def _noisy_mr_folder(folder: Path, n: int = 1) -> Path:
     folder.mkdir(parents=True)
     clean = shepp_logan_3d((32, 32, 16))
@@ -241,13 +256,13 @@ def _workflow(name: str, **override):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bundle_stops_on_an_empty_dataset_folder_or_a_file(name, tmp_path):
+def test_bundle_stops_on_an_empty_dataset_folder_a_file_or_no_folder(name, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("not scans")
     (tmp_path / "empty" / "._scan.nii.gz").write_bytes(b"AppleDouble junk")  # hidden: not a scan
-    for dataset, message in (("empty", "no scans in dataset folder"), ("notes.txt", "is not a folder")):
-        wf = _workflow(name, bundle_root=str(BUNDLES / name), dataset_dir=str(tmp_path / dataset),
-                       output_dir=str(tmp_path / "out"))
+    for dataset, message in ((str(tmp_path / "empty"), "no scans in dataset folder"),
+                             (str(tmp_path / "notes.txt"), "is not a folder"), ("", "no dataset folder given")):
+        wf = _workflow(name, bundle_root=str(BUNDLES / name), dataset_dir=dataset, output_dir=str(tmp_path / "out"))
         with pytest.raises(SystemExit, match=f"^error: .*{message}"):
             wf.initialize()
     assert not (tmp_path / "out").exists()

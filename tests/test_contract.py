@@ -184,7 +184,7 @@ def test_named_block_matching_still_runs_and_keeps_mr_magnitudes_non_negative():
 # light imports
 # ---------------------------------------------------------------------------------------------------------------------
 def test_registries_estimates_and_cards_do_not_import_torch():
-    code = ("import sys; import medden.noise, medden.noise.estimate, medden.denoisers.registry, medden.registry, "
+    code = ("import sys; import medden.noise, medden.noise.estimate, medden.denoisers, medden.registry, "
             "medden.models.card, medden.conventions; from medden.denoisers.registry import list_methods; "
             "from medden.noise import list_models; list_models(); [s.describe() for s in list_methods()]; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]")

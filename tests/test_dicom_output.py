@@ -77,3 +77,12 @@ def test_resampled_volume_references_every_source_image(tmp_path, ct_values):
     for h in headers(tmp_path / "out"):
         assert {r.ReferencedSOPInstanceUID for r in h.SourceImageSequence} == uids
     assert_dciodvfy_clean(tmp_path / "out")
+
+
+@pytest.mark.parametrize("part, has_laterality", [("BRAIN", False), ("KNEE", True), (None, True)])
+def test_laterality_follows_the_body_part(tmp_path, ct_values, part, has_laterality):
+    """Laterality is Type 2C: an empty one on an unpaired part (a Siemens brain series) is a validator error."""
+    src = source_series(tmp_path, ct_values, **({"BodyPartExamined": part} if part else {}))
+    save_volume(load_volume(src), tmp_path / "out")
+    assert all(("Laterality" in h) == has_laterality for h in headers(tmp_path / "out"))
+    assert_dciodvfy_clean(tmp_path / "out")

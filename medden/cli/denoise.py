@@ -62,6 +62,10 @@ def denoise(
         out.print(f"modality {rec['modality']} ({rec.get('modality_source') or ''})")
         out.print(f"{output}  [{rec['method']}, sigma {rec['sigma']:.4g} ({rec['sigma_source']}), "
                   f"{rec['seconds']:.1f} s on {rec['device']}]")
+        if method == "auto":
+            from medden.denoisers import explain_auto
+
+            out.print(explain_auto(rec["modality"]))
 
 
 def is_study_folder(path: Path) -> bool:
@@ -106,6 +110,11 @@ def _study(study: Path, output: Path | None, method: str, sigma, params: dict, d
         return 2
     if not quiet:
         out.print(summary)
+        if method == "auto":
+            from medden.denoisers import explain_auto
+
+            for modality in sorted({r.get("modality") for r in result.records if r.get("modality")}):
+                out.print(explain_auto(modality))
     return 0
 
 

@@ -71,7 +71,9 @@ def evaluate(
         files = write_report(result, report)
     if not quiet:
         table = Table(title=f"medden evaluate (reference {reference.name}, data range {result.data_range:.5g})")
-        cols = ("psnr", "ssim", "rmse", "hu_bias", "noise_std", "nps_peak_frequency", "mtf50_ratio")
+        measured = result.table().columns  # hu_bias for CT, bias (image units) otherwise
+        cols = [c for c in ("psnr", "ssim", "rmse", "hu_bias", "bias", "noise_std", "nps_peak_frequency",
+                            "mtf50_ratio") if c in measured]
         for col in ("image", *cols):
             table.add_column(col)
         for row in result.table():

@@ -165,8 +165,8 @@ def build_slice(volume: Volume, k: int, *, header, template, stored: np.ndarray,
     # Frame of Reference, General Series (2C), General Image, Image Plane
     base.FrameOfReferenceUID = str(src.get("FrameOfReferenceUID") or "") or cache.setdefault(
         "frame_uid", pydicom.uid.generate_uid())
-    _ensure(base, "PositionReferenceIndicator", "Laterality", *(("PatientPosition",) if modality in ("CT", "MR")
-                                                                 else ()))
+    _ensure(base, "PositionReferenceIndicator", *(("PatientPosition",) if modality in ("CT", "MR") else ()))
+    _laterality(base)
     image_type = [str(v) for v in (base.get("ImageType") or [])]
     value3 = {"CT": ["AXIAL"], "MR": ["OTHER"]}.get(modality, [])  # the CT/MR Image modules require value 3
     value2 = "PRIMARY" if sop_class == pydicom.uid.PositronEmissionTomographyImageStorage else "SECONDARY"
@@ -238,6 +238,15 @@ def common_modules(src, *, sop_class: str, modality: str, series_uid: str, serie
         element = src["SoftwareVersions"]
         versions = [str(element.value)] if element.VM == 1 else [str(v) for v in element.value]  # one value: whole
     versions = [v for v in versions if v and not v.startswith("medden")] + [f"medden {__version__}"]
+    with warnings.catch_warnings():  # the source's PatientName is kept as it is, even a one-component one
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        return _sop_class_object(hd, src, sop_class=sop_class, modality=modality, series_uid=series_uid,
+                                 series_number=series_number, description=description, now=now, versions=versions)
+
+
+def _sop_class_object(hd, src, *, sop_class, modality, series_uid, series_number, description, now, versions):
+    import pydicom.uid
+
     return hd.base.SOPClass(
         study_instance_uid=str(src.get("StudyInstanceUID") or "") or pydicom.uid.generate_uid(),
         series_instance_uid=series_uid, series_number=series_number,
@@ -293,6 +302,24 @@ def _ensure(ds, *keywords: str) -> None:
     for keyword in keywords:
         if keyword not in ds:
             setattr(ds, keyword, None)
+
+
+#: Body parts with a left and a right (DICOM PS3.16 CID 4031 terms), for which Laterality is required.
+_PAIRED_PARTS = ("BREAST", "EYE", "EAR", "KIDNEY", "LUNG", "OVARY", "TESTIS", "ADRENAL", "PAROTID", "SHOULDER",
+                 "ELBOW", "WRIST", "HAND", "FINGER", "THUMB", "HIP", "KNEE", "ANKLE", "FOOT", "TOE", "HEEL", "ARM",
+                 "FOREARM", "LEG", "THIGH", "CLAVICLE", "SCAPULA", "HUMERUS", "FEMUR", "TIBIA", "FIBULA", "ORBIT",
+                 "TMJ", "IAC", "EXTREMITY")
+
+
+def _laterality(ds) -> None:
+    """Laterality is Type 2C: required (empty when unknown) for a paired body part or an unknown one, and absent for
+    an unpaired part such as BRAIN (an empty value there is an error to a validator)."""
+    part = str(ds.get("BodyPartExamined", "") or "").upper()
+    if part and not any(p in part for p in _PAIRED_PARTS):
+        if "Laterality" in ds and not str(ds.Laterality or "").strip():
+            del ds.Laterality
+    else:
+        _ensure(ds, "Laterality")
 
 
 def _sop_class(modality: str, header, template) -> str:
@@ -365,7 +392,8 @@ def complete_after_anonymization(ds) -> None:
 
     ds.walk(blank_dummy_dates)
     _ensure(ds, "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-            "AccessionNumber", "Manufacturer", "PositionReferenceIndicator", "Laterality", "PatientID")
+            "AccessionNumber", "Manufacturer", "PositionReferenceIndicator", "PatientID")
+    _laterality(ds)
     modality = str(ds.get("Modality", ""))
     _ensure(ds, *{"CT": _CT_TYPE2, "MR": _MR_TYPE2, "PT": _PT_TYPE2}.get(modality, ()))
 
@@ -388,7 +416,8 @@ def write_multiframe(datasets: list, path: Path, *, series_uid: str, series_numb
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
         image = converter(datasets, series_instance_uid=series_uid, series_number=series_number,
                           sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
-    _ensure(image, "Laterality", "PositionReferenceIndicator")
+    _ensure(image, "PositionReferenceIndicator")
+    _laterality(image)
     if source is not None:  # the Enhanced image modules want the referenced source listed as evidence too
         image.SourceImageEvidenceSequence = evidence_sequence(source, datasets[0], key)
     image.save_as(path, enforce_file_format=True)

@@ -10,7 +10,7 @@ import medden
 from medden.errors import ParameterError
 from medden.models import build_network
 from medden.phantoms import shepp_logan_3d
-from medden.training.adapt import adapt_network, check_adaptable
+from medden.denoisers.adapt import adapt_network, check_adaptable
 
 
 def test_adaptation_fine_tunes_a_copy_and_leaves_the_model_alone():

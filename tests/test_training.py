@@ -137,7 +137,7 @@ def test_supervised_ct_training_with_projection_domain_noise(tmp_path, scans):
 def test_lowpass_loss_weighs_local_mean_errors():
     import torch
 
-    from medden.training.losses import training_loss
+    from medden.models.losses import training_loss
 
     g = torch.Generator().manual_seed(0)
     target = torch.zeros(4, 1, 16, 16, 16)

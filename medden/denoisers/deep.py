@@ -28,7 +28,7 @@ _PARAMS = (
           "at scales above it are kept; 0 = off; none = the value tuned on validation data and recorded on the card",
           minimum=0.0),
     Param("adapt_seconds", 0.0, "s", "per-scan adaptation: fine-tune a copy of the model on this scan for this long "
-          "(self-supervised, medden.training.adapt) before denoising; 0 = off", minimum=0.0),
+          "(self-supervised, medden.denoisers.adapt) before denoising; 0 = off", minimum=0.0),
 )
 
 
@@ -89,8 +89,8 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
     norm = card.normalisation.fitted(data)
     x = norm.apply(np.asarray(data, dtype=np.float32))
     s = norm.apply_sigma(np.asarray(sigma, dtype=np.float32) if np.ndim(sigma) else float(sigma))
-    if adapt_seconds:  # per-scan adaptation on a copy (medden.training.adapt)
-        from medden.training.adapt import adapt_network
+    if adapt_seconds:  # per-scan adaptation on a copy (medden.denoisers.adapt)
+        from medden.denoisers.adapt import adapt_network
 
         net = adapt_network(net, x, s, seconds=adapt_seconds, device=device, magnitude=card.modality == "MR")
     out = sliding_window(net, x, s, device=device, overlap=overlap, precision=precision)

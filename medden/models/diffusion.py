@@ -121,7 +121,8 @@ def load_prior(path: str | Path | None = None, device: str = "cpu") -> tuple[Sli
     path = Path(path) if path else shipped_prior_path()
     if not path.is_file():
         raise ModelError(f"diffusion prior weights {path} not found"
-                         + (" (train one: python -m medden.training.diffusion --help)" if not path.exists() else ""))
+                         + (" (train one: medden train medden/training/configs/diffusion_mr_prior.json "
+                            "--data-root DATA)" if not path.exists() else ""))
     card = read_card(path)
     if card.architecture != ARCHITECTURE:
         raise ModelError(f"{path} holds a {card.architecture} model, not a diffusion prior ({ARCHITECTURE})")

@@ -3,7 +3,7 @@
 diffusion priors), patches made on the device with on-the-fly physics noise (:mod:`~medden.training.data`), the
 shared engine (:mod:`~medden.training.engine`: run folders named by config and data, resume, schedule, progress),
 the U-Net loop (:mod:`~medden.training.loop`), the prior's (:mod:`~medden.training.diffusion`) and per-scan
-adaptation (:mod:`~medden.training.adapt`). Entry points: :func:`train` and ``medden train CONFIG``."""
+adaptation (:mod:`~medden.denoisers.adapt`, at inference). Entry points: :func:`train` and ``medden train CONFIG``."""
 from __future__ import annotations
 
 from typing import Callable

@@ -128,7 +128,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(4, ge=1, le=256)
     learning_rate: float = Field(1e-3, gt=0, lt=1)
     loss: Literal["mse", "l1"] = "mse"
-    #: weight of the same loss on 8³ block means (see medden.training.losses): against local bias (HU bias in CT)
+    #: weight of the same loss on 8³ block means (see medden.models.losses): against local bias (HU bias in CT)
     lowpass_weight: float = Field(0.0, ge=0)
     epochs: int = Field(30, ge=1)
     steps_per_epoch: int = Field(200, ge=1)

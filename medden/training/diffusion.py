@@ -31,6 +31,7 @@ import torch
 
 from medden.models.card import CT_PRIOR_NORMALISATION, MR_NORMALISATION
 from medden.training.config import DataSpec, PriorConfig
+from medden.volume import Volume
 from medden.training.engine import (
     Progress, StopRequest, cosine_lr, keep_record, optimiser_step, resume, run_dir, run_key, save_state, setup_device)
 from medden.training.loop import write_curves
@@ -261,9 +262,7 @@ def calibrate_sampler(net, val: list[SliceVolume], *, levels=None, guidances=(0.
     where they agree), then ``c = q₀.₉₅₄(|truth − mean| / √(std² + β·σ²)) / 2`` so that ±2 of them cover 95.4 % of
     the validation voxels — σ-scaling recalibration (Levi et al. 2019; Kuleshov et al., ICML 2018) with a
     conformal-style quantile."""
-    import medden
     from medden.denoisers.diffusion import posterior
-    from medden.models import Normalisation
     from medden.noise import estimate_noise, rician, simulate
 
     v = val[0]
@@ -272,12 +271,12 @@ def calibrate_sampler(net, val: list[SliceVolume], *, levels=None, guidances=(0.
     if modality == "CT":
         levels = tuple(levels or (0.25, 0.10))
         clean = ((z + 1) / 2 * CT_SCALE + CT_OFFSET).astype(np.float32)
-        peak, mask, norm = 2000.0, clean > -900, Normalisation("fixed", offset=CT_OFFSET, scale=CT_SCALE)
-        full = medden.Volume(clean, np.diag([*v.spacing, 1.0]), modality="CT")
+        peak, mask, norm = 2000.0, clean > -900, CT_PRIOR_NORMALISATION
+        full = Volume(clean, np.diag([*v.spacing, 1.0]), modality="CT")
         cases = []
         for i, dose in enumerate(levels):  # noise made and measured on whole slices, sampled on the centre crop
             noisy = simulate(full, "lowdose-ct-insertion", dose=dose, seed=seed + i).data
-            est = estimate_noise(medden.Volume(noisy, full.affine, modality="CT"))
+            est = estimate_noise(Volume(noisy, full.affine, modality="CT"))
             smap = np.broadcast_to(np.asarray(est.noise_map if est.noise_map is not None else est.sigma,
                                               np.float32), noisy.shape)[sl]
             cases.append((np.ascontiguousarray(noisy[sl]), np.ascontiguousarray(smap), None, smap))
@@ -371,15 +370,3 @@ def export_prior(net, record: dict, cfg: PriorConfig, *, sampler: dict | None = 
         write_curves(hist, Path(cfg.docs_dir))
     return out
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m medden.training.diffusion CONFIG [--data-root DIR]``: the same as ``medden train``."""
-    import sys
-
-    from medden.cli import main as cli
-
-    return cli(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

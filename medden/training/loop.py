@@ -20,7 +20,7 @@ from medden.training.data import CT_SCALE, PatchSampler, TrainVolume, load_volum
 from medden.training.engine import (
     Progress, TrainingError, agree, cosine_lr, keep_record, optimiser_step, parameter_digest, resume, run_dir, run_key,
     StopRequest, save_state, setup_device, start_state)
-from medden.training.losses import training_loss
+from medden.models.losses import training_loss
 
 __all__ = ["train", "export", "validate", "run_key", "run_dir", "keep_record", "write_curves"]
 

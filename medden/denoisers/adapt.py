@@ -48,7 +48,7 @@ def adapt_network(net: torch.nn.Module, x: np.ndarray, sigma, *, seconds: float,
     same units) by Recorrupted-to-Recorrupted; returns it in eval mode. ``magnitude``: MR magnitude data (the loss
     is masked to where the signal is above 3× the input level)."""
     from medden.inference import resolve_device
-    from medden.training.losses import training_loss
+    from medden.models.losses import training_loss
 
     level = check_adaptable(x, sigma, seconds)
     device = resolve_device(device)

@@ -15,7 +15,7 @@ import torch
 
 import medden
 from medden.phantoms import shepp_logan_3d
-from medden.training import PriorConfig, TrainingError, train, validate_config
+from medden.training import PriorConfig, TrainingError, load_config, train, validate_config
 from medden.training.data import PatchSampler, TrainVolume
 from test_training import _cfg, scans  # noqa: F401 - the fixture
 
@@ -231,3 +231,19 @@ def test_a_noisy_volume_takes_its_given_noise_level_over_the_estimate(tmp_path, 
     given, estimated = load_volumes(cfg.data, cfg, tmp_path / "cache", log=lambda s: None)
     assert given.level == 0.02 and given.role == "noisy"
     assert 0 < estimated.level != 0.02
+
+
+def test_a_bundle_config_names_its_training_state_from_any_folder(tmp_path, monkeypatch):
+    """``resume_from: medden/models/...`` in a bundle's config is found from the config's folder upwards, so
+    ``medden train bundles/.../medden_train.json`` runs from any folder, not only from the repository root."""
+    config = "bundles/medden_mr_rician_unet/configs/medden_train.json"
+    raw = json.loads((ROOT / config).read_text())
+    assert raw.get("resume_from") and not Path(raw["resume_from"]).is_absolute()
+    for spec in raw["data"] + raw.get("validation", []):
+        for key in ("path", "pair"):
+            if spec.get(key):
+                (tmp_path / "data" / spec[key]).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / "data" / spec[key]).touch()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(ROOT / config, data_root_dir=tmp_path / "data")
+    assert Path(cfg.resume_from) == (ROOT / raw["resume_from"]).resolve()

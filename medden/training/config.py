@@ -273,4 +273,19 @@ def load_config(path: str | Path, data_root_dir: str | Path | None = None, **ove
     if raw.get("kind") == "diffusion-prior":  # the U-Net-only overrides of `medden train` do not apply
         overrides = {k: v for k, v in overrides.items() if k in PriorConfig.model_fields}
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("init_weights", "resume_from"):  # a repository file named from the repository's root
+        if isinstance(raw.get(key), str):
+            raw[key] = _beside_config(raw[key], path)
     return validate_config(raw, str(path), data_root_dir)
+
+
+def _beside_config(name: str, config: Path) -> str:
+    """A relative weights/state path as given when it exists from the current folder, else the first match from the
+    config file's folder upwards (so a bundle's config names ``medden/models/...`` and runs from any folder)."""
+    p = Path(name)
+    if p.is_absolute() or p.exists():
+        return name
+    for folder in config.resolve().parents:
+        if (folder / p).exists():
+            return str(folder / p)
+    return name

@@ -3,7 +3,7 @@ maximum on noise-free (or averaged) volumes, PSNR inside the object (voxels abov
 alone and with the shipped card's local-mean fidelity. A training volume is always one of the rows, so underfitting
 shows apart from generalisation. ::
 
-    python -m medden.training.compare A.safetensors B.safetensors --data-root ../shared/data [--adapt-seconds N]
+    python -m medden.training.compare A.safetensors B.safetensors --data-root DATA [--adapt-seconds N]
 
 Which references: ``REFERENCES`` (relative to the data root) and one synthetic piecewise-smooth volume (seeded, not
 one the trainer draws).

@@ -12,7 +12,7 @@ The run is described by a typed :class:`~medden.training.config.PriorConfig` (``
 trained by the same command and engine as the U-Nets (:mod:`medden.training.engine`: run folder named by config and
 data, resume, schedule, non-finite skip, progress)::
 
-    medden train medden/training/configs/diffusion_mr_prior.json --data-root ../shared/data
+    medden train medden/training/configs/diffusion_mr_prior.json --data-root DATA
 
 The shipped priors' configs list their volumes and licences (never the held-out ``rorden_*``, ``lindner_*`` or
 ``ct/pyradiomics_lung1_chest`` volumes).

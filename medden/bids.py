@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -92,14 +91,6 @@ def output_path(out_dir: Path, relpath: str) -> Path:
     return Path(out_dir) / rel.parent / ("_".join(entities + ["desc-denoised", parts[-1]]) + ".nii.gz")
 
 
-def _settings_key(input_sha: str, method: str, sigma, params: dict) -> str:
-    from medden._version import __version__
-
-    text = json.dumps({"input": input_sha, "method": method, "sigma": sigma, "params": params,
-                       "medden": __version__}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def write_description(out_dir: Path, bids_dir: Path) -> Path:
     """The derivative's ``dataset_description.json`` (DatasetType derivative, GeneratedBy, the raw dataset)."""
     from medden._version import __version__
@@ -120,11 +111,10 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
                     params: dict[str, Any] | None = None, device: str = "auto") -> BidsResult:
     """Denoise the anatomical images of the chosen participants (all when ``labels`` is empty) into ``out_dir``."""
     from medden._version import __version__
-    from medden.denoisers import denoise
-    from medden.io import load_volume, save_volume
-    from medden.io import sidecar_path
-    from medden.denoisers import get_method
+    from medden.denoisers import denoise, get_method
+    from medden.io import load_volume, save_volume, sidecar_path
     from medden.noise.estimate import sigma_wavelet_mad
+    from medden.pipeline import resume_key
     from medden.provenance import denoise_record
 
     bids_dir, out_dir = Path(bids_dir), Path(out_dir)
@@ -153,7 +143,8 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
         target = output_path(out_dir, image.relpath)
         sidecar = sidecar_path(target)
         input_sha = sha256_file(source)
-        key = _settings_key(input_sha, method, sigma, params)
+        # the study pipeline's skip-if-done key: input bytes, settings, medden version and the model's weights
+        key = resume_key(input_sha, method=method, params=params, sigma=sigma, anonymize=False)
         if target.is_file() and sidecar.is_file() and _recorded_key(sidecar) == key:
             result.skipped.append(target)
             continue
@@ -171,7 +162,8 @@ def run_participant(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
                 "ModelVersion": prov["model_version"], "Parameters": prov["params"],
                 "NoiseSigma": prov["sigma"], "NoiseSigmaSource": prov["sigma_source"],
                 "NoiseEstimateBefore": float(before), "NoiseEstimateAfter": float(after),
-                "NoiseEstimator": "wavelet-mad (finest 3D wavelet band, Donoho)", "Modality": volume.modality, "MeddenVersion": __version__,
+                "NoiseEstimator": "wavelet-mad (finest 3D wavelet band, Donoho)", "Modality": volume.modality,
+                "MeddenVersion": __version__,
                 "InputSha256": input_sha, "SettingsKey": key,
             }
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -261,9 +261,7 @@ def assign_outputs(items: list[StudyItem], out_dir: str | os.PathLike) -> list[P
     for it in items:
         if it.is_series:
             series_in[it.source] = series_in.get(it.source, 0) + 1
-            crowded.update(it.relative.parents)
-        else:
-            crowded.update(it.relative.parents)
+        crowded.update(it.relative.parents)
     crowded.update(it.relative for it in items if it.is_series and series_in[it.source] > 1)
     taken: set[Path] = set()
     folders: set[Path] = set()  # outputs that are folders
@@ -502,14 +500,6 @@ def denoise_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
     settings = run_settings(method=method, params=params, sigma=sigma, anonymize=anonymize)
     mine = {r["output"] for r in earlier
             if r.get("settings") == settings or (r.get("settings") is None and r.get("method") == method)}
-    keys: dict[StudyItem, str] = {}
-
-    def key_of(item: StudyItem) -> str:
-        if item not in keys:
-            keys[item] = resume_key(item.input_sha256(), method=method, params=params, sigma=sigma,
-                                    anonymize=anonymize)
-        return keys[item]
-
     _refuse_existing(items, outputs, mine, out_dir, overwrite)
     for i, item in enumerate(items):
         if on_item:
@@ -518,7 +508,7 @@ def denoise_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
         record = {"input": str(item.source), "series_uid": item.series_uid, "output": str(out_path),
                   "method": method, "params": params, "settings": settings, "status": "failed", "error": None}
         try:
-            record = _process(item, out_path, record, key_of, done, method=method, sigma=sigma, device=device,
+            record = _process(item, out_path, record, done, method=method, sigma=sigma, device=device,
                               params=params, anonymize=anonymize, overwrite=overwrite or str(out_path) in mine,
                               out_dir=out_dir)
         except KeyboardInterrupt:
@@ -567,15 +557,16 @@ def _refuse_existing(items, outputs, mine: set[str], out_dir: Path, overwrite: b
                           f"--overwrite")
 
 
-def _process(item: StudyItem, out_path: Path, record: dict, key_of, done: dict, *, method: str, sigma, device: str,
+def _process(item: StudyItem, out_path: Path, record: dict, done: dict, *, method: str, sigma, device: str,
              params: dict, anonymize: bool, overwrite: bool, out_dir: Path) -> dict:
     start = time.perf_counter()
     if item.error is not None:
         raise InputError(item.error)
     if not _inside(out_path, out_dir):
         raise OutputError(f"output {out_path} would lie outside the output folder {out_dir}")
-    key = key_of(item)
-    record.update(key=key, input_sha256=item.input_sha256())
+    input_sha256 = item.input_sha256()  # read once: a series' files are hashed for the key and the record
+    key = resume_key(input_sha256, method=method, params=params, sigma=sigma, anonymize=anonymize)
+    record.update(key=key, input_sha256=input_sha256)
     previous = done.get(key)
     if not overwrite and _exists(out_path) and not _intact(previous):  # written meanwhile by a concurrent run?
         previous = next((r for r in read_manifests(out_dir) if r.get("key") == key and r["status"] in GOOD), None)

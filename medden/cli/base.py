@@ -69,17 +69,15 @@ def parse_sigma(text: str | None, option: str = "--sigma", allow_auto: bool = Tr
     one reading of ``--sigma`` for ``denoise`` and ``simulate``. ``N%`` stays a string, resolved on the volume."""
     if text is None:
         return None
-    value = text.strip()
-    if allow_auto and value.lower() == "auto":
+    if allow_auto and text.strip().lower() == "auto":
         return "auto"
+    from medden.noise.registry import noise_level  # the noise models' own reading of a level
+
     try:
-        number = float(value[:-1] if value.endswith("%") else value)
-    except ValueError:
-        number = math.nan
-    if not (math.isfinite(number) and number >= 0):
+        return noise_level(text)
+    except ParameterError:
         raise ParameterError(f"{option} must be {'auto, ' if allow_auto else ''}a finite number ≥ 0 in the volume's "
-                             f"units, or N% of the 99.9th percentile (e.g. 3%), got {text!r}")
-    return value if value.endswith("%") else number
+                             f"units, or N% of the 99.9th percentile (e.g. 3%), got {text!r}") from None
 
 
 def finite(value: float | None, option: str) -> float | None:

@@ -48,7 +48,7 @@ def adapt_network(net: torch.nn.Module, x: np.ndarray, sigma, *, seconds: float,
     same units) by Recorrupted-to-Recorrupted; returns it in eval mode. ``magnitude``: MR magnitude data (the loss
     is masked to where the signal is above 3× the input level)."""
     from medden.inference import resolve_device
-    from medden.models.losses import training_loss
+    from medden.models.losses import recorrupted_pair, training_loss
 
     level = check_adaptable(x, sigma, seconds)
     device = resolve_device(device)
@@ -80,7 +80,8 @@ def adapt_network(net: torch.nn.Module, x: np.ndarray, sigma, *, seconds: float,
             mask = (F.avg_pool3d(y, 3, stride=1, padding=1, count_include_pad=False) > 3 * in_level).float()
             if float(mask.sum()) == 0:
                 mask = None
-        loss = training_loss(net(y + alpha * level * z, levels), y - level * z / alpha, levels, mask)
+        noisier, target, _ = recorrupted_pair(y, level, alpha, z)
+        loss = training_loss(net(noisier, levels), target, levels, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -8,6 +8,8 @@ this term makes the network learn them first. The conditional mean minimises bot
 learned fastest, not the optimum."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -25,3 +27,11 @@ def training_loss(est: torch.Tensor, target: torch.Tensor, level: torch.Tensor, 
             loss = loss + lowpass_weight * (lp * lp if kind == "mse" else lp.abs()).mean()
         return loss
     return (e * mask).sum() / mask.sum().clamp_min(1)
+
+
+def recorrupted_pair(y: torch.Tensor, sigma: float, alpha: float, z: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Recorrupted-to-Recorrupted (Pang et al., CVPR 2021) from a noisy ``y`` of level ``sigma`` and a standard normal
+    ``z``: input ``y + α·σ·z``, target ``y − σ·z/α`` (their noises are uncorrelated, so the target is unbiased for the
+    noise-free signal) and the input's level ``σ·√(1 + α²)``."""
+    return y + alpha * sigma * z, y - sigma * z / alpha, sigma * math.sqrt(1 + alpha * alpha)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from medden.conventions import CT_HU_PER_UNIT
 from medden.models.card import CT_NORMALISATION, MR_NORMALISATION
+from medden.models.losses import recorrupted_pair
 from medden.training.config import DataSpec, TrainConfig
 
 CT_SCALE = CT_HU_PER_UNIT  # HU per network unit (one definition: medden.conventions)
@@ -334,12 +335,10 @@ class PatchSampler:
         y, s = y * k, max(vol.level * k, 1e-6)
         a_lo, a_hi = self.cfg.noise.r2r_alpha
         alpha = math.exp(self.rng.uniform(math.log(a_lo), math.log(a_hi)))
-        z = self._randn(y.shape)
-        x = y + alpha * s * z
-        level = s * math.sqrt(1 + alpha * alpha)
+        x, target, level = recorrupted_pair(y, s, alpha, self._randn(y.shape))
         # magnitude noise is Gaussian (as R2R assumes) where the signal is well above the level
         fg = F.avg_pool3d(y[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0] > 3 * level
-        return x, y - s * z / alpha, level, fg.float()
+        return x, target, level, fg.float()
 
     def _blind_spot(self, noisy):
         """Noise2Void masking: a fraction of voxels replaced by a random voxel of their 5³ neighbourhood."""

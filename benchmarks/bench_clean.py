@@ -351,6 +351,20 @@ def method_params(method: str, weights: dict[str, str]) -> dict[str, Any]:
     return {}
 
 
+def method_variant(label: str) -> tuple[str, dict[str, Any]]:
+    """``"deep-ct:fidelity_mm=0"`` → ``("deep-ct", {"fidelity_mm": 0.0})``: a method with parameters, scored as its own
+    row (``--methods deep,deep-ct:fidelity_mm=0``; several parameters joined by ``+``)."""
+    name, _, spec = label.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, spec.split("+")):
+        key, _, value = item.partition("=")
+        try:
+            params[key] = float(value)
+        except ValueError:
+            params[key] = value
+    return name, params
+
+
 def weights_by_modality(paths: list[str]) -> dict[str, str]:
     out = {}
     for p in paths:
@@ -369,8 +383,9 @@ def run_methods(vol, methods: list[str], sigma, weights: dict[str, str], log) ->
 
     out = {}
     for m in methods:
+        name, params = method_variant(m)
         t = time.perf_counter()
-        res = medden.denoise(vol, method=m, sigma=sigma, device="cpu", **method_params(m, weights))
+        res = medden.denoise(vol, method=name, sigma=sigma, device="cpu", **method_params(name, weights), **params)
         out[m] = (res.data, time.perf_counter() - t)
         log(f"    {m}: {out[m][1]:.1f} s")
     return out

@@ -146,12 +146,10 @@ def _roi_corners(valid: np.ndarray, size: int, stride: int) -> list[tuple[int, i
         return []
     # summed-area table: a square is inside when it holds size² valid pixels
     sat = np.pad(valid.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    out = []
-    for a in range(0, n0 - size + 1, stride):
-        for b in range(0, n1 - size + 1, stride):
-            if sat[a + size, b + size] - sat[a, b + size] - sat[a + size, b] + sat[a, b] == size * size:
-                out.append((a, b))
-    return out
+    a = np.arange(0, n0 - size + 1, stride)[:, None]
+    b = np.arange(0, n1 - size + 1, stride)[None, :]
+    full = sat[a + size, b + size] - sat[a, b + size] - sat[a + size, b] + sat[a, b] == size * size
+    return [(int(a[i, 0]), int(b[0, j])) for i, j in zip(*np.nonzero(full))]
 
 
 def noise_power_spectrum(noise: ArrayOrVolume, mask: ArrayOrVolume | None = None,

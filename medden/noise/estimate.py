@@ -8,8 +8,9 @@ are left out because they carry no noise.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -153,6 +154,23 @@ def _mode(values: np.ndarray, upper: float, bins: int = 200) -> float:
     return float(0.5 * (edges[k] + edges[k + 1]))
 
 
+def _upsample_linear(grid: np.ndarray, shape: tuple[int, ...], stride: int) -> np.ndarray:
+    """``grid`` (samples at every ``stride``-th voxel of the first two axes) linearly interpolated to ``shape``."""
+    out = grid
+    for axis in (0, 1):
+        n, g = shape[axis], out.shape[axis]
+        c = np.arange(n, dtype=np.float32) / stride
+        i0 = np.minimum(c.astype(np.intp), g - 1)
+        i1 = np.minimum(i0 + 1, g - 1)
+        w = (c - i0).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
+        lo, hi = np.take(out, i0, axis=axis), np.take(out, i1, axis=axis)
+        hi -= lo
+        hi *= w
+        lo += hi
+        out = lo
+    return out.astype(np.float32, copy=False)
+
+
 def ct_noise_map(data: np.ndarray, spacing: tuple[float, float, float] | None = None, window_mm: float = 10.0,
                  hu_range: tuple[float, float] = (-100.0, 200.0), mask: np.ndarray | None = None
                  ) -> tuple[np.ndarray, float]:
@@ -161,9 +179,15 @@ def ct_noise_map(data: np.ndarray, spacing: tuple[float, float, float] | None = 
     Following the global-noise method of Christianson et al. (Radiology 2015): the standard deviation in a sliding
     in-plane window (``window_mm`` wide, one slice thick) is taken only where the window's mean and the voxel lie in
     ``hu_range`` (soft tissue, water) and holds no edge (the means of the window's halves, one window apart, agree
-    within three standard errors; the local value stays below 2.5 × the median). The global level is the
-    mode of those local values (windows that straddle an edge only add a tail above it); the map is their normalised Gaussian smoothing (≈ 3 windows wide), so regions
-    without soft tissue (air, bone, lung) take the level of the nearest tissue.
+    within three standard errors; the local value stays below 2.5 × the median). The global level is the mode of
+    those local values (windows that straddle an edge only add a tail above it); the map is their normalised Gaussian
+    smoothing (≈ 3 windows wide), so regions without soft tissue (air, bone, lung) take the level of the nearest
+    tissue.
+
+    Neighbouring windows share most of their voxels, so the windows are centred on every ``s``-th voxel in-plane
+    (``s`` ≈ a quarter window) rather than on every voxel, the smoothing runs on that grid and the map is
+    interpolated back (linearly): the map is ≈ 3 windows smooth, so this changes it by far less than its own
+    uncertainty, and costs ``1/s²`` of the work (a 512×512×300 CT: 47 s → a few seconds).
 
     Parameters
     ----------
@@ -184,30 +208,38 @@ def ct_noise_map(data: np.ndarray, spacing: tuple[float, float, float] | None = 
     if x.ndim != 3:
         raise InputError(f"a CT noise map needs a 3D array, got shape {x.shape}")
     size = _axial_window(spacing, window_mm)
-    mean = ndimage.uniform_filter(x, size=size, mode="reflect")
-    sq = ndimage.uniform_filter(x * x, size=size, mode="reflect")
+    stride = max(1, min(size[:2]) // 4)
+    # window sums at the grid centres: filter along axis 1 at every voxel, keep every stride-th column, then axis 0
+    mean = ndimage.uniform_filter1d(x, size[1], axis=1, mode="reflect")[:, ::stride]
+    sq = ndimage.uniform_filter1d(x * x, size[1], axis=1, mode="reflect")[:, ::stride]
+    mean = ndimage.uniform_filter1d(mean, size[0], axis=0, mode="reflect")[::stride]
+    sq = ndimage.uniform_filter1d(sq, size[0], axis=0, mode="reflect")[::stride]
+    centre = x[::stride, ::stride]
     n = size[0] * size[1]
     local = np.sqrt(np.clip(sq - mean * mean, 0, None) * (n / (n - 1)))
+    del sq
     lo, hi = hu_range
-    use = (mean >= lo) & (mean <= hi) & (x >= lo - 300) & (x <= hi + 300) & (local > 0)
+    use = (mean >= lo) & (mean <= hi) & (centre >= lo - 300) & (centre <= hi + 300) & (local > 0)
     # a window straddling an edge shows a step between the means of its two halves; pure noise keeps that step
     # within ~3 standard errors (the mean of n voxels varies by local/√n)
     for axis, h in ((0, size[0] // 2), (1, size[1] // 2)):
-        step = np.abs(np.roll(mean, -h, axis=axis) - np.roll(mean, h, axis=axis))
+        shift = max(1, int(round(h / stride)))
+        step = np.abs(np.roll(mean, -shift, axis=axis) - np.roll(mean, shift, axis=axis))
         use &= step <= 3.0 * np.sqrt(2.0 / n) * local
+    del mean
     if mask is not None:
-        use &= np.asarray(mask, dtype=bool)
-    if use.sum() < 10 * n:
+        use &= np.asarray(mask, dtype=bool)[::stride, ::stride]
+    if use.sum() * stride * stride < 10 * n:
         raise InputError(f"too little homogeneous tissue between {lo:g} and {hi:g} HU to measure CT noise "
                          "(is the volume in HU?)")
     sigma = float(np.median(local[use]))
     use &= local <= 2.5 * sigma
     sigma = _mode(local[use], upper=2.5 * sigma)
-    smooth = [3 * s / 2.355 for s in size[:2]] + [1.0]
+    smooth = [3 * s / 2.355 / stride for s in size[:2]] + [1.0]
     weight = ndimage.gaussian_filter(use.astype(np.float32), smooth)
     level = ndimage.gaussian_filter(np.where(use, local, 0).astype(np.float32), smooth)
-    noise_map = np.where(weight > 0.05, level / np.maximum(weight, 1e-6), sigma).astype(np.float32)
-    return noise_map, sigma
+    grid = np.where(weight > 0.05, level / np.maximum(weight, 1e-6), sigma).astype(np.float32)
+    return _upsample_linear(grid, x.shape, stride), sigma
 
 
 def poisson_gaussian_params(data: np.ndarray, mask: np.ndarray | None = None, bins: int = 24) -> tuple[float, float]:
@@ -284,7 +316,9 @@ def ct_nps(data: np.ndarray, spacing: tuple[float, float, float] | None = None, 
     if mask is None:
         lo, hi = hu_range
         smooth = ndimage.uniform_filter(x, size=(5, 5, 1))
-        mask = ndimage.binary_erosion((smooth >= lo) & (smooth <= hi), np.ones((11, 11, 1), bool))
+        # an 11×11 erosion in each slice (a box minimum, separable: ~10× faster than binary_erosion)
+        inside = ((smooth >= lo) & (smooth <= hi)).view(np.uint8)
+        mask = ndimage.minimum_filter(inside, size=(11, 11, 1), mode="constant", cval=0).astype(bool)
     else:
         mask = np.asarray(mask, dtype=bool)
     noise = x - np.asarray(reference, dtype=np.float32) if reference is not None else x
@@ -342,8 +376,15 @@ class NoiseEstimate:
     sigma: float
     method: str
     noise_map: np.ndarray | None = None
-    nps: NoisePowerSpectrum | None = None
+    #: how to measure the spectrum, run on first use of :attr:`nps` (or None: no spectrum)
+    nps_source: Callable[[], NoisePowerSpectrum | None] | None = field(default=None, repr=False, compare=False)
     axial_axis: int = 2
+
+    @cached_property
+    def nps(self) -> NoisePowerSpectrum | None:
+        """The axial noise power spectrum, measured on first use: only bm3d/bm4d use it, and it costs ~7 s on a
+        512×512×300 CT that a deep model would otherwise spend waiting."""
+        return self.nps_source() if self.nps_source is not None else None
 
     @classmethod
     def given(cls, sigma) -> "NoiseEstimate":
@@ -379,7 +420,7 @@ class NoiseEstimate:
 
     def white(self) -> "NoiseEstimate":
         """The same level without a spectrum (white noise)."""
-        return dataclasses.replace(self, nps=None)
+        return dataclasses.replace(self, nps_source=None)
 
     def sigma_psd(self, shape: tuple[int, ...]) -> np.ndarray | float:
         """``sigma_psd`` for bm3d (2D ``shape``) / bm4d (3D ``shape``): the NPS when known, else ``sigma``.
@@ -427,10 +468,13 @@ def estimate_noise(volume) -> NoiseEstimate:
             noise_map, sigma = ct_noise_map(axial, spacing)
         except InputError:  # no soft tissue in range: fall back to the generic estimate
             return NoiseEstimate(sigma_wavelet_mad(data), "wavelet-mad")
-        try:
-            nps = ct_nps(axial, spacing, roi_size=32)
-        except InputError:
-            nps = None
-        return NoiseEstimate(sigma, "ct-local-std", noise_map=np.moveaxis(noise_map, 2, axis), nps=nps,
+
+        def spectrum() -> NoisePowerSpectrum | None:
+            try:
+                return ct_nps(axial, spacing, roi_size=32)
+            except InputError:
+                return None
+
+        return NoiseEstimate(sigma, "ct-local-std", noise_map=np.moveaxis(noise_map, 2, axis), nps_source=spectrum,
                              axial_axis=axis)
     return NoiseEstimate(sigma_wavelet_mad(data), "wavelet-mad")

@@ -615,27 +615,32 @@ def main(argv: list[str] | None = None) -> int:
     extra = [m for m in args.methods.split(",") if m and m != "deep"]
     cl_levels = None if args.classical_levels == "all" else {float(v) for v in args.classical_levels.split(",")}
 
-    def run_ref(ref: Reference, deep: list[str], score) -> None:
+    def run_ref(ref: Reference, deep: list[str], score, own: str) -> None:
+        # deep-model variants (deep-ct:fidelity_mm=0) run at every level, on their own modality; classical methods at
+        # --classical-levels
+        variants = [m for m in extra if m.split(":")[0] == own]
+        classical = [m for m in extra if not m.startswith("deep-")]
         levels = ref.levels
         for lv in levels:
             ref.levels = (lv,)
-            cl = [] if (cl_levels is not None and float(lv) not in cl_levels) else extra
-            rows.extend(score(ref, ["bm4d"] + deep + cl))
+            cl = [] if (cl_levels is not None and float(lv) not in cl_levels) else classical
+            rows.extend(score(ref, ["bm4d"] + deep + variants + cl))
             write(final=False)
         ref.levels = levels
 
     if args.only in ("mr", "all"):
         deep = ["deep-mr"] if "deep" in args.methods.split(",") else []
         for ref in mr_references(root, size, args.quick):
-            run_ref(ref, deep, lambda r, ms: score_mr(r, ms, args.seed, weights, args.sigma, log))
+            run_ref(ref, deep, lambda r, ms: score_mr(r, ms, args.seed, weights, args.sigma, log), "deep-mr")
         if args.diffusion:
             for ref in mr_references(root, 48, True)[:1]:
                 ref.levels = (3, 9)
-                run_ref(ref, deep + ["diffusion"], lambda r, ms: score_mr(r, ms, args.seed, weights, args.sigma, log))
+                run_ref(ref, deep + ["diffusion"], lambda r, ms: score_mr(r, ms, args.seed, weights, args.sigma, log),
+                        "deep-mr")
     if args.only in ("ct", "all"):
         deep = ["deep-ct"] if "deep" in args.methods.split(",") else []
         for ref in ct_references(root, ct_size, slices, args.seed, args.quick, log):
-            run_ref(ref, deep, lambda r, ms: score_ct(r, ms, weights, log))
+            run_ref(ref, deep, lambda r, ms: score_ct(r, ms, weights, log), "deep-ct")
     write(final=True)
     return 0
 

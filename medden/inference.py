@@ -30,12 +30,13 @@ BYTES_PER_WINDOW_VOXEL = 450
 CPU_WINDOW_BUDGET = 1.5e9
 #: Largest window on a CPU, in voxels. In the channels-last layout (oneDNN's fast path for 3D convolutions) the
 #: shipped U-Net runs at 0.78 M voxels/s on 96³ windows and 1.5 M on 128³–192×192×128 (2 AVX2 cores, fp32; in the
-#: default layout 0.59 M and 0.82 M), so windows up to ≈ 1 GB of activations pay for themselves.
-CPU_MAX_WINDOW_VOXELS = 160 * 160 * 128
+#: default layout 0.59 M and 0.82 M); 0.80–0.90 M voxels per CPU-second for any shape of ≥ 2 M voxels. 128³ worth
+#: (≈ 0.7 GB of activations) keeps a 512×512×300 CT under 4 GB at the same work as larger windows.
+CPU_MAX_WINDOW_VOXELS = 128 ** 3
 #: Largest window on a GPU, in voxels (within half the free memory).
 GPU_MAX_WINDOW_VOXELS = 192 ** 3
 #: Bytes of slab buffers (input, output, blending weights, padding) a CPU run may hold at once along the last axis.
-CPU_SLAB_BUDGET = 0.9e9
+CPU_SLAB_BUDGET = 1.1e9
 
 
 _ALLOCATOR_TUNED = False
@@ -92,13 +93,25 @@ def windows_along(n: int, side: int, overlap: float) -> int:
 
 def choose_window(shape: tuple[int, ...], device: str, multiple: int = 16, max_side: int | None = None,
                   overlap: float = 0.125) -> tuple[tuple[int, int, int], int]:
-    """A sliding-window size (multiples of ``multiple``) and batch size that fit the free memory of ``device``.
+    """A sliding-window size (multiples of ``multiple``) and batch size that fit the free memory of ``device``, for
+    the whole ``shape`` in one piece (:func:`plan_windows` without slabs)."""
+    roi, _, batch = plan_windows(shape, device, multiple, max_side=max_side, overlap=overlap)
+    return roi, batch
 
-    Among the windows that fit — at most :data:`CPU_MAX_WINDOW_VOXELS` on a CPU (where larger windows run slower per
-    voxel) within :data:`CPU_WINDOW_BUDGET`, at most :data:`GPU_MAX_WINDOW_VOXELS` within half the free memory on a
-    GPU — and no thinner than 64 voxels where the axis is longer, the one that makes the network process the fewest
-    voxels over the whole ``shape`` (windows × window size, overlaps included) is taken; ties go to fewer windows.
-    Batches of up to 8 windows on a GPU, one on a CPU.
+
+def plan_windows(shape: tuple[int, ...], device: str, multiple: int = 16, max_side: int | None = None,
+                 overlap: float = 0.125, max_slices: int | None = None) -> tuple[tuple[int, int, int], int, int]:
+    """The window size, slab thickness along the last axis and batch size that make the network process the fewest
+    voxels over the whole ``shape`` (windows × window size, overlaps and slab margins included; ties go to fewer
+    windows): ``(roi, slab, batch)``.
+
+    Windows: multiples of ``multiple`` (and 16), no thinner than 64 voxels where the axis is longer (their borders
+    would rule), at most :data:`CPU_MAX_WINDOW_VOXELS` on a CPU within :data:`CPU_WINDOW_BUDGET`, at most
+    :data:`GPU_MAX_WINDOW_VOXELS` within half the free memory on a GPU. Slabs: with ``max_slices`` (the most slices
+    whose buffers fit), the last axis is cut into equal slabs, each read with a margin of a quarter window on both
+    sides, so that a slab with its margins holds at most ``max_slices``; slab and window are chosen together (slabs
+    of 100 + 2 × 24 slices under 96-slice windows had made a 512×512×300 CT cost 2.2× its voxels). Batches of up to
+    8 windows on a GPU, one on a CPU.
     """
     gpu = device.startswith("cuda")
     budget = 0.5 * free_memory(device) if gpu else min(CPU_WINDOW_BUDGET, 0.4 * free_memory(device))
@@ -108,23 +121,42 @@ def choose_window(shape: tuple[int, ...], device: str, multiple: int = 16, max_s
     sides = []
     for n in shape:
         full = -(-n // step) * step  # the axis, padded to a whole step
-        low = min(full, 4 * step)  # no window thinner than 64 voxels where the axis allows: its borders would rule
+        low = min(full, 4 * step)
         sides.append(list(range(low, min(top, full) + 1, step)) or [min(full, top)])
-    best = None
-    for a in sides[0]:
-        for b in sides[1]:
-            for c in sides[2]:
-                if a * b * c > cap and best is not None:
-                    continue
-                counts = [windows_along(n, w, overlap) for n, w in zip(shape, (a, b, c))]
-                n_win = counts[0] * counts[1] * counts[2]
-                key = (n_win * a * b * c, n_win)
-                if best is None or key < best[0]:
-                    best = (key, (a, b, c))
-    roi = best[1]
+    import numpy as np
+
+    a_side, b_side = (np.array(s, dtype=np.int64) for s in np.meshgrid(sides[0], sides[1], indexing="ij"))
+    a_side, b_side = a_side.ravel(), b_side.ravel()
+    n_plane = np.array([windows_along(shape[0], a, overlap) * windows_along(shape[1], b, overlap)
+                        for a, b in zip(a_side, b_side)], dtype=np.int64)
+    nz = shape[2]
+    slab_counts = [1]
+    if max_slices is not None and max_slices < nz:
+        first = -(-nz // max(1, max_slices))
+        slab_counts = list(range(first, first + 9))
+    best = fallback = None
+    for c in sides[2]:
+        margin = min(nz, max(c // 4, multiple))
+        ok = a_side * b_side * c <= cap
+        if not ok.any():  # no window fits the cap: the smallest
+            ok = a_side * b_side == (a_side * b_side).min()
+        for k in slab_counts:
+            slab = -(-nz // k)
+            extents = [min(nz, z0 + slab + margin) - max(0, z0 - margin) if k > 1 else nz for z0 in range(0, nz, slab)]
+            fits = max_slices is None or (k == 1 and nz <= max_slices) or max(extents) <= max_slices
+            z_windows = sum(windows_along(e, c, overlap) for e in extents)
+            voxels = np.where(ok, n_plane * a_side * b_side * z_windows * c, np.iinfo(np.int64).max)
+            i = int(np.lexsort((n_plane, voxels))[0])  # fewest voxels, then fewest windows
+            key = (int(voxels[i]), int(n_plane[i]) * z_windows)
+            choice = (key, (int(a_side[i]), int(b_side[i]), int(c)), slab)
+            if fits and (best is None or key < best[0]):
+                best = choice
+            if not fits and (fallback is None or (slab, key) < (fallback[2], fallback[0])):
+                fallback = choice  # nothing fits: the thinnest slabs
+    _, roi, slab = best or fallback
     per_window = max(1, roi[0] * roi[1] * roi[2] * BYTES_PER_WINDOW_VOXEL)
     batch = int(max(1, min(8 if gpu else 1, budget // per_window)))
-    return roi, batch  # type: ignore[return-value]
+    return roi, slab, batch  # type: ignore[return-value]
 
 
 def autocast_dtype(device: str, precision: str = "auto"):
@@ -168,8 +200,8 @@ def sliding_window(net, x, sigma, *, device: str = "cpu", roi: tuple[int, int, i
     roi, batch : window size and windows per call; None chooses them from the free memory (:func:`choose_window`).
     overlap : fraction of a window shared with its neighbour.
     precision : ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast).
-    slab : slab thickness along the last axis; None: the whole axis on a GPU; on a CPU as few equal slabs as keep
-        their float32 buffers within :data:`CPU_SLAB_BUDGET`.
+    slab : slab thickness along the last axis; None: the whole axis on a GPU; on a CPU equal slabs whose float32
+        buffers (margins included) fit :data:`CPU_SLAB_BUDGET`, chosen with the window (:func:`plan_windows`).
 
     Returns
     -------
@@ -188,15 +220,20 @@ def sliding_window(net, x, sigma, *, device: str = "cpu", roi: tuple[int, int, i
     noise_map = np.ndim(sigma) == 3
     out = np.empty(x.shape, dtype=np.float32)
     nz = x.shape[2]
-    if slab is None and not device.startswith("cuda"):
+    most = None
+    if not device.startswith("cuda"):
         per_slice = x.shape[0] * x.shape[1] * 4 * (6 if noise_map else 4)  # input, map, output, count, padding
         most = max(multiple, int(CPU_SLAB_BUDGET // per_slice))
-        slab = -(-nz // -(-nz // most))  # equal slabs, as few as the budget allows
-    slab = max(1, int(slab or nz))
-    # a slab is read with a margin (a quarter window, discarded) on both sides: choose the window for that length
-    zlen = min(nz, slab + 4 * multiple) if slab < nz else nz
-    auto_roi, auto_batch = choose_window((x.shape[0], x.shape[1], zlen), device, multiple, overlap=overlap)
-    roi = tuple(roi) if roi else auto_roi
+    if roi is None and slab is None:  # window and slabs chosen together
+        roi, slab, auto_batch = plan_windows(x.shape, device, multiple, overlap=overlap, max_slices=most)
+    else:
+        if slab is None and most is not None:
+            slab = -(-nz // -(-nz // most))  # equal slabs, as few as the budget allows
+        slab = max(1, int(slab or nz))
+        # a slab is read with a margin (a quarter window, discarded) on both sides: choose the window for that length
+        zlen = min(nz, slab + 4 * multiple) if slab < nz else nz
+        auto_roi, auto_batch = choose_window((x.shape[0], x.shape[1], zlen), device, multiple, overlap=overlap)
+        roi = tuple(roi) if roi else auto_roi
     batch = batch or auto_batch
     margin = min(nz, max(roi[2] // 4, multiple)) if slab < nz else 0
 

@@ -177,3 +177,30 @@ def test_a_non_finite_gradient_skips_the_update_instead_of_poisoning_the_weights
     assert np.isfinite(rec["history"][-1]["val_psnr"])
     net, _ = load_model(rec["export"])
     assert all(bool(p.isfinite().all()) for p in net.parameters())
+
+
+def test_ct_recorrupted_pairs_are_unbiased_for_the_noise_free_scan(tmp_path, scans):
+    """CT Recorrupted-to-Recorrupted: with the recorrupting noise as the scan's own (same covariance), the input's
+    noise and the target's are uncorrelated (a target whose noise follows the input's would teach the network to
+    keep it), the input carries the noise of the drawn dose, and the level told is σ_y/√dose."""
+    import torch
+
+    cfg = validate_config(_cfg(tmp_path, scans, modality="CT", synthetic_volumes=0, patch_size=[32, 32, 16],
+                               noise={"model": "lowdose-ct", "dose_range": [0.25, 0.25], "level_jitter": 0}))
+    rng = np.random.default_rng(0)
+    truth = np.zeros((32, 32, 16), np.float32)
+    own = rng.normal(0, 0.02, truth.shape).astype(np.float32)  # the scan's own noise, σ_y = 0.02
+    realisations = [rng.normal(0, 0.05, truth.shape).astype(np.float32) for _ in range(3)]  # same covariance, ×2.5
+    vol = TrainVolume("ct", truth + own, level=0.02, ct_noise=realisations, ct_noise_level=0.05, role="noisy")
+    sampler = PatchSampler([vol], cfg, seed=0)
+    pairs = [sampler._recorrupted_ct(sampler.volumes[0]) for _ in range(6)]
+    x = torch.stack([p[0] for p in pairs]).numpy() - truth
+    t = torch.stack([p[1] for p in pairs]).numpy() - truth
+    assert abs(np.corrcoef(x.ravel(), t.ravel())[0, 1]) < 0.03
+    assert x.std() == pytest.approx(0.02 / np.sqrt(0.25), rel=0.05)  # dose 25 %: variance × 4
+    assert all(p[2] == pytest.approx(0.04) for p in pairs)
+    # the full-dose scan as the target (role "clean") keeps the own noise in the target: correlated with the input
+    sampler_clean = PatchSampler([TrainVolume("ct", truth + own, level=0.02, ct_noise=realisations,
+                                              ct_noise_level=0.05, ct_levels=[(0.0, 0.02), (-1.4, 0.04)])], cfg, 0)
+    xs, ts, _ = sampler_clean._supervised(sampler_clean.volumes[0])
+    assert np.corrcoef((xs.numpy() - truth).ravel(), (ts.numpy() - truth).ravel())[0, 1] > 0.2

@@ -48,7 +48,8 @@ class DataSpec(_Strict):
     #: keep only these slices along the last axis (start, stop), e.g. to split one volume into train and validation
     slices: Optional[tuple[int, int]] = None
     #: ``clean``: a noise-free reference, the supervised target; ``noisy``: a real scan with its own noise, trained on
-    #: at native resolution by Recorrupted-to-Recorrupted with its estimated noise level (supervised MR configs)
+    #: at native resolution by Recorrupted-to-Recorrupted with its estimated noise level (supervised configs; on CT
+    #: the recorrupting noise is the scan's simulated projection-domain noise)
     target: Literal["clean", "noisy"] = "clean"
     #: relative sampling weight
     weight: float = Field(1.0, gt=0)

@@ -204,7 +204,10 @@ class PatchSampler:
       ``z`` standard normal, whose expected loss equals the loss against the noise-free volume plus a constant; the
       level told to the network is the input's, ``σ_y·√(1 + α²)``. The loss is taken where the scan's local mean is
       above ``4·σ_y`` (there its magnitude noise is Gaussian, which R2R assumes);
-    * supervised CT: full-dose patch plus a cached low-dose noise realisation rescaled to a random dose;
+    * supervised CT, ``target="clean"``: full-dose patch plus a cached low-dose noise realisation rescaled to a
+      random dose (the full-dose scan is the target, its own noise included);
+    * supervised CT, ``target="noisy"``: Recorrupted-to-Recorrupted with those realisations as the recorrupting
+      noise (:meth:`_recorrupted_ct`), unbiased for the noise-free scan;
     * ``n2n``: one noisy scan in, the other as target; ``n2v``: blind-spot masking (Krull et al., CVPR 2019) —
       masked voxels replaced by a random neighbour, the loss taken on them only.
     """
@@ -285,6 +288,8 @@ class PatchSampler:
             mask = None
             if cfg.mode == "supervised" and vol.role == "noisy" and cfg.modality == "MR":
                 x, y, level, mask = self._recorrupted(vol)
+            elif cfg.mode == "supervised" and vol.role == "noisy":
+                x, y, level = self._recorrupted_ct(vol)
             elif cfg.mode == "supervised":
                 x, y, level = self._supervised(vol)
             elif cfg.mode == "n2n":
@@ -339,6 +344,23 @@ class PatchSampler:
         # magnitude noise is Gaussian (as R2R assumes) where the signal is well above the level
         fg = F.avg_pool3d(y[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0] > 3 * level
         return x, target, level, fg.float()
+
+    def _recorrupted_ct(self, vol: TrainVolume):
+        """Recorrupted-to-Recorrupted on a real CT scan ``y`` with its own noise (level ``σ_y``, estimated), at a dose
+        ``d`` drawn in ``noise.dose_range``. ``z`` is a cached projection-domain noise realisation rescaled to ``σ_y``
+        in soft tissue — FBP noise with the scan's geometry, the stand-in for the scan's own noise covariance. With
+        ``α = √(1/d − 1)`` the input ``y + α·z`` carries the noise of a scan at dose ``d`` (quantum noise variance
+        ∝ 1/dose) and the target ``y − z/α`` has noise uncorrelated with the input's, so the expected loss is the
+        loss against the noise-free scan plus a constant: the network learns to remove the scan's own noise too,
+        instead of returning it (a full-dose scan used as the target had taught it exactly that). The level told to
+        the network is the input's, ``σ_y/√d``."""
+        sl, y = self._crop(vol)
+        lo, hi = self.cfg.noise.dose_range
+        dose = math.exp(self.rng.uniform(math.log(lo), math.log(min(hi, 0.8))))
+        alpha = math.sqrt(1.0 / dose - 1.0)
+        z = vol.ct_noise[int(self.rng.integers(len(vol.ct_noise)))][sl] * (vol.level / max(vol.ct_noise_level, 1e-9))
+        x, target, _ = recorrupted_pair(y, 1.0, alpha, z)
+        return x, target, vol.level / math.sqrt(dose)
 
     def _blind_spot(self, noisy):
         """Noise2Void masking: a fraction of voxels replaced by a random voxel of their 5³ neighbourhood."""

@@ -177,3 +177,28 @@ def test_values_outside_the_stored_type_are_not_clipped(tmp_path, suffix):
     noisy = vol.with_data(vol.data + 40.0)  # exceeds 255 in places
     back = load_volume(save_volume(noisy, tmp_path / f"out{suffix}"))
     np.testing.assert_allclose(back.data, noisy.data, atol=1e-4)
+
+
+def test_parallel_gzip_is_one_standard_member_that_every_reader_reads(tmp_path, monkeypatch):
+    """``.nii.gz`` is deflated in parallel blocks (pigz-style): the file is one gzip member that gzip, nibabel,
+    SimpleITK and medden read back byte for byte, whatever the block size."""
+    import gzip
+    import zlib
+
+    import nibabel as nib
+
+    from medden.io import nifti
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(0, 50, (40, 30, 20)).astype(np.float32)
+    vol = Volume(data, np.diag([0.7, 0.7, 2.5, 1.0]), modality="CT")
+    monkeypatch.setattr(nifti, "GZIP_BLOCK", 7000)  # many blocks, not aligned to anything
+    p = tmp_path / "v.nii.gz"
+    save_volume(vol, p)
+    raw = p.read_bytes()
+    one = zlib.decompressobj(wbits=31)  # one gzip member: it ends exactly at the end of the file
+    assert len(one.decompress(raw)) == len(gzip.decompress(raw)) == 352 + data.nbytes
+    assert one.eof and one.unused_data == b""
+    np.testing.assert_array_equal(np.asarray(nib.load(p).dataobj), data)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(p))).transpose(2, 1, 0), data)
+    np.testing.assert_array_equal(load_volume(p).data, data)

@@ -1,2 +1,2 @@
 """The package version, in a leaf module every other module may import (``medden.__version__`` re-exports it)."""
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -1,6 +1,7 @@
 """I/O reliability (issue 14): disk full, symlinked series folders, one truncated file in a flat DICOM export."""
 import errno
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -27,17 +28,27 @@ def disk_full(after: int):
     return write
 
 
-@pytest.mark.parametrize("target", ["dicom", "nifti"])
+@pytest.mark.parametrize("target", ["dicom", "nifti", "nifti-gz"])
 def test_disk_full_is_one_clear_error_and_leaves_nothing(tmp_path, ct_values, monkeypatch, target):
+    from medden.io import nifti
+
     vol = Volume(ct_values, np.diag([0.8, 0.8, 2.0, 1.0]), modality="CT")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_midway(data, path, **kwargs):  # the parallel gzip writer runs out of space half-way through its file
+        Path(path).write_bytes(bytes(data[:100]))
+        full()
+
     if target == "dicom":
         monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", disk_full(after=3))
         out = tmp_path / "out"
-    else:
-        def full(*args, **kwargs):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
+    elif target == "nifti":
         monkeypatch.setattr(nib, "save", full)
+        out = tmp_path / "out.nii"
+    else:
+        monkeypatch.setattr(nifti, "write_gzip", full_midway)
         out = tmp_path / "out.nii.gz"
     with pytest.raises(OutputError) as info:
         save_volume(vol, out, provenance={"method": "test"})

@@ -66,3 +66,36 @@ def nonzero_percentile(data: np.ndarray, q: float, *, absolute: bool = True) -> 
     values = np.abs(flat) if absolute else flat
     nonzero = values[values != 0]
     return float(np.percentile(nonzero, q)) if nonzero.size else 1.0
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux ≥ 4.7 reports it in /proc)."""
+    try:
+        with open("/proc/self/status") as status:
+            lines = status.read().splitlines()
+        for line in lines:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (the mask is process-wide, so do it once per write only)
+    os.umask(mask)
+    return mask
+
+
+def give_normal_permissions(tmp: str | os.PathLike) -> None:
+    """Give a finished temporary output the mode a plain ``open``/``mkdir`` would have under the umask.
+
+    ``mkstemp`` creates 0600 files and ``mkdtemp`` 0700 folders, which colleagues cannot read; the final output must
+    look like any other file the user writes (0644 files and 0755 folders under umask 022).
+    """
+    umask = current_umask()
+    if os.path.isdir(tmp):
+        os.chmod(tmp, 0o777 & ~umask)
+        for root, dirs, files in os.walk(tmp):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~umask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~umask)
+    else:
+        os.chmod(tmp, 0o666 & ~umask)

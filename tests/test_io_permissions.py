@@ -32,3 +32,22 @@ def test_outputs_sidecars_and_folders_follow_the_umask(tmp_path, ct_values, umas
         assert mode(f) == 0o666 & ~umask, f"{f.name}: {oct(mode(f))}"
     assert mode(dcm) == 0o777 & ~umask
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_exported_model_weights_have_normal_permissions(tmp_path):
+    """A trained model's weights (safetensors writes 0600) and card get the mode any file the user writes has."""
+    import os
+
+    from medden.models import build_network
+    from medden.models.card import ModelCard, MR_NORMALISATION, save_model
+
+    net = build_network("conditioned-dncnn3d", depth=3, width=4)
+    card = ModelCard(name="tiny", architecture=net.architecture, config=net.config, modality="MR",
+                     normalisation=MR_NORMALISATION)
+    old = os.umask(0o022)
+    try:
+        path = save_model(net, card, tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert oct(path.with_suffix(".json").stat().st_mode & 0o777) == oct(0o644)

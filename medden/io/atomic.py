@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from medden.conventions import give_normal_permissions
 from medden.errors import OutputError
 
 
@@ -47,7 +48,7 @@ def atomic_path(path: Path, *, is_dir: bool = False) -> Iterator[Path]:
         raise OutputError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
     try:
         yield tmp
-        _give_normal_permissions(tmp)
+        give_normal_permissions(tmp)
         if is_dir and path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(tmp, path)
@@ -59,32 +60,3 @@ def atomic_path(path: Path, *, is_dir: bool = False) -> Iterator[Path]:
         raise
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it where the system allows (Linux ≥ 4.7 reports it in /proc)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: set and restore (the mask is process-wide, so do it once per write only)
-    os.umask(mask)
-    return mask
-
-
-def _give_normal_permissions(tmp: Path) -> None:
-    """Give a finished temporary output the mode a plain ``open``/``mkdir`` would have under the umask.
-
-    ``mkstemp`` creates 0600 files and ``mkdtemp`` 0700 folders, which colleagues cannot read; the final output must
-    look like any other file the user writes (0644 files and 0755 folders under umask 022).
-    """
-    umask = current_umask()
-    if tmp.is_dir():
-        os.chmod(tmp, 0o777 & ~umask)
-        for root, dirs, files in os.walk(tmp):
-            for name in dirs:
-                os.chmod(os.path.join(root, name), 0o777 & ~umask)
-            for name in files:
-                os.chmod(os.path.join(root, name), 0o666 & ~umask)
-    else:
-        os.chmod(tmp, 0o666 & ~umask)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medden.conventions import CT_HU_PER_UNIT, sha256_file
+from medden.conventions import CT_HU_PER_UNIT, give_normal_permissions, sha256_file
 from medden.errors import ModelError  # noqa: F401  (raised here, and re-exported by medden.models)
 
 CARD_FORMAT = 1
@@ -209,6 +209,7 @@ def save_model(net, card: ModelCard, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(path), metadata={"architecture": card.architecture, "name": card.name})
+    give_normal_permissions(path)  # safetensors writes 0600; weights are shared like any file the user writes
     card.architecture = getattr(net, "architecture", card.architecture)
     card.config = dict(net.config)
     card.sha256 = sha256_file(path)

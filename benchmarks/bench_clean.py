@@ -351,18 +351,14 @@ def method_params(method: str, weights: dict[str, str]) -> dict[str, Any]:
     return {}
 
 
-def method_variant(label: str) -> tuple[str, dict[str, Any]]:
-    """``"deep-ct:fidelity_mm=0"`` → ``("deep-ct", {"fidelity_mm": 0.0})``: a method with parameters, scored as its own
-    row (``--methods deep,deep-ct:fidelity_mm=0``; several parameters joined by ``+``)."""
+def method_variant(label: str) -> tuple[str, dict[str, str]]:
+    """``"deep-ct:fidelity_mm=0"`` → ``("deep-ct", {"fidelity_mm": "0"})``: a method with parameters, scored as its own
+    row (``--methods deep,deep-ct:fidelity_mm=0``; several parameters joined by ``+``). The values are read as
+    ``--param`` reads them (:func:`medden.registry.parse_assignments`; the method's registry entry parses them)."""
+    from medden.registry import parse_assignments
+
     name, _, spec = label.partition(":")
-    params: dict[str, Any] = {}
-    for item in filter(None, spec.split("+")):
-        key, _, value = item.partition("=")
-        try:
-            params[key] = float(value)
-        except ValueError:
-            params[key] = value
-    return name, params
+    return name, parse_assignments(filter(None, spec.split("+")), option="--methods")
 
 
 def weights_by_modality(paths: list[str]) -> dict[str, str]:

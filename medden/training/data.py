@@ -358,9 +358,8 @@ class PatchSampler:
         lo, hi = self.cfg.noise.dose_range
         dose = math.exp(self.rng.uniform(math.log(lo), math.log(min(hi, 0.8))))
         alpha = math.sqrt(1.0 / dose - 1.0)
-        z = vol.ct_noise[int(self.rng.integers(len(vol.ct_noise)))][sl] * (vol.level / max(vol.ct_noise_level, 1e-9))
-        x, target, _ = recorrupted_pair(y, 1.0, alpha, z)
-        return x, target, vol.level / math.sqrt(dose)
+        z = vol.ct_noise[int(self.rng.integers(len(vol.ct_noise)))][sl] / max(vol.ct_noise_level, 1e-9)
+        return recorrupted_pair(y, vol.level, alpha, z)  # level σ_y·√(1 + α²) = σ_y/√d
 
     def _blind_spot(self, noisy):
         """Noise2Void masking: a fraction of voxels replaced by a random voxel of their 5³ neighbourhood."""

@@ -49,3 +49,39 @@ def test_cli_adaptation_on_a_too_small_scan_is_one_line_and_writes_nothing(tmp_p
     err = capsys.readouterr().err
     assert code != 0 and err.startswith("error:") and "too small" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_shaped_noise_has_unit_variance_and_the_given_spectrum():
+    from medden.denoisers.adapt import shaped_noise
+
+    shape = (32, 32, 16)
+    f = [np.fft.fftfreq(n) for n in shape[:2]]
+    radius = np.hypot(*np.meshgrid(*f, indexing="ij"))
+    psd = np.broadcast_to((radius < 0.15)[..., None] * 1.0 + 1e-3, shape)  # in-plane low-pass, white across slices
+    z = shaped_noise(psd, 8, torch.Generator().manual_seed(0), "cpu")
+    assert z.shape == (8, 1, *shape) and z.dtype == torch.float32
+    assert abs(float(z.std()) - 1.0) < 0.05
+    power = (torch.fft.fftn(z[:, 0].double(), dim=(1, 2, 3)).abs() ** 2).mean(0).numpy()
+    low, high = power[psd > 0.5].mean(), power[psd < 0.5].mean()
+    assert high < 0.01 * low  # the noise follows the spectrum: no power where the spectrum has none
+
+
+def test_ct_adaptation_uses_the_scans_noise_texture_and_pads_thick_slice_scans():
+    from medden.denoisers.adapt import CT_MIN_SLICES
+
+    torch.manual_seed(0)
+    net = build_network("conditioned-unet3d", features=[4, 4, 8, 8, 16, 4]).eval()
+    x = np.random.default_rng(0).normal(0, 0.02, (48, 48, CT_MIN_SLICES)).astype(np.float32)
+    asked: list[tuple] = []
+
+    def psd(shape):
+        asked.append(shape)
+        return np.ones(shape)
+
+    logs: list[str] = []
+    adapted = adapt_network(net, x, 0.02, seconds=0.5, magnitude=False, psd=psd, log=logs.append)
+    assert asked == [(48, 48, 16)]  # 8 slices padded to the network's 16
+    assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), adapted.state_dict().values()))
+    assert "NPS-shaped" in logs[0] and "48×48×16" in logs[0]
+    with pytest.raises(ParameterError, match="too small"):
+        check_adaptable(x[:, :, : CT_MIN_SLICES - 1], 0.02, 1.0, ct=True)

@@ -32,6 +32,28 @@ def test_rician_background_recovers_sigma(head, level):
     assert est.method == "rician-background" and est.sigma == pytest.approx(level, rel=0.10)
 
 
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_suppressed_background_is_not_taken_for_the_noise(head, level):
+    """A scanner that subtracts a noise floor leaves a background that falls from 0 (not Rayleigh): its Rayleigh
+    reading is far below the image's noise, so the estimate is made inside the object."""
+    from medden.errors import InputError
+
+    noisy = np.asarray(rician(head.data, sigma=level, generator=2))
+    background = head.data == 0
+    noisy[background] = 0.3 * np.clip(noisy[background] - level, 0, None)
+    with pytest.raises(InputError, match="not Rayleigh"):
+        sigma_rician_background(noisy)
+    est = estimate_noise(head.with_data(noisy))
+    assert est.method == "wavelet-mad-foreground" and est.sigma == pytest.approx(level, rel=0.12)
+
+
+def test_integer_rician_background_still_counts_as_rayleigh(head):
+    """Integer scanner data with a background σ of 1–2 units: rounding must not fail the Rayleigh check."""
+    for level in (1.0, 2.0):
+        noisy = np.round(np.asarray(rician(head.data * 800, sigma=level, generator=4)))
+        assert sigma_rician_background(noisy) == pytest.approx(level, rel=0.25)
+
+
 def test_zeroed_background_uses_foreground_wavelet_mad(head):
     noisy = rician(head.data, sigma=0.03, generator=2) * (head.data > 0)
     est = estimate_noise(head.with_data(noisy))

@@ -67,10 +67,11 @@ def card_fidelity(card) -> dict:
 
 def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cpu", overlap: float = 0.125,
               precision: str = "auto", spacing=(1.0, 1.0, 1.0), fidelity_mm: float | None = None,
-              adapt_seconds: float = 0.0) -> np.ndarray:
+              adapt_seconds: float = 0.0, noise_psd=None, axial_axis: int = 2) -> np.ndarray:
     """Denoise ``data`` (3D, physical units) with the model in ``weights``, at noise level ``sigma`` (data units, or
     a noise map of the data's shape), then apply the card's local-mean fidelity (:mod:`medden.denoisers.fidelity`)
-    at ``fidelity_mm`` mm (None: the card's tuned scale; 0: off)."""
+    at ``fidelity_mm`` mm (None: the card's tuned scale; 0: off). ``noise_psd`` (a CT scan's spectrum for a patch
+    shape, planes across ``axial_axis``) shapes the recorrupting noise of per-scan adaptation."""
     from medden.denoisers.fidelity import local_mean_fidelity
     from medden.errors import ParameterError
     from medden.inference import sliding_window
@@ -92,7 +93,8 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
     if adapt_seconds:  # per-scan adaptation on a copy (medden.denoisers.adapt)
         from medden.denoisers.adapt import adapt_network
 
-        net = adapt_network(net, x, s, seconds=adapt_seconds, device=device, magnitude=card.modality == "MR")
+        net = adapt_network(net, x, s, seconds=adapt_seconds, device=device, magnitude=card.modality == "MR",
+                            psd=noise_psd, axial_axis=axial_axis)
     out = sliding_window(net, x, s, device=device, overlap=overlap, precision=precision)
     del x
     out = norm.invert(out)
@@ -110,9 +112,12 @@ def _deep(name: str):
            weights="", overlap=0.125, precision="auto", fidelity_mm=None, adapt_seconds=0.0) -> Denoised:
         from medden.models.card import shipped_path
 
+        # adaptation recorrupts with the scan's measured CT noise texture (measured here, on first use); white when
+        # there is none (MR, or a level given by the user)
+        psd = noise.sigma_psd if adapt_seconds and noise.nps is not None else None
         return Denoised(run_model(data, noise.sigma, weights or shipped_path(name), device=device, overlap=overlap,
                                   precision=precision, spacing=spacing, fidelity_mm=fidelity_mm,
-                                  adapt_seconds=adapt_seconds))
+                                  adapt_seconds=adapt_seconds, noise_psd=psd, axial_axis=noise.axial_axis))
 
     fn.__name__ = name.replace("-", "_")
     fn.__doc__ = f"The shipped {name} model (see ``medden/models/weights/``) over the whole volume."

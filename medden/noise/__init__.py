@@ -13,7 +13,8 @@ import sys
 import types
 
 from medden.noise.estimate import (NoiseEstimate, as_noise, ct_noise_map, ct_nps, estimate_noise, nps_to_sigma_psd,
-                                   poisson_gaussian_params, sigma_rician_background, sigma_wavelet_mad)
+                                   poisson_gaussian_params, sigma_mr_foreground, sigma_rician_background,
+                                   sigma_wavelet_mad)
 from medden.noise.registry import get_model, list_models
 
 #: name → module of the names loaded on first use (they import torch)
@@ -45,5 +46,5 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = ["gaussian", "poisson", "poisson_gaussian", "rician", "noncentral_chi", "lowdose_ct",
            "lowdose_ct_insertion", "simulate", "get_model", "list_models", "NoiseEstimate", "as_noise",
-           "estimate_noise", "sigma_wavelet_mad", "sigma_rician_background", "ct_noise_map", "poisson_gaussian_params",
-           "ct_nps", "nps_to_sigma_psd"]
+           "estimate_noise", "sigma_wavelet_mad", "sigma_rician_background", "sigma_mr_foreground", "ct_noise_map",
+           "poisson_gaussian_params", "ct_nps", "nps_to_sigma_psd"]

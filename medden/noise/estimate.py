@@ -79,6 +79,12 @@ def sigma_wavelet_mad(data: np.ndarray, mask: np.ndarray | None = None) -> float
 # Estimators that know the physics of a modality
 # ---------------------------------------------------------------------------------------------------------------------
 _RAYLEIGH_MEDIAN = 1.1774100225154747  # sqrt(2 ln 2): median of a Rayleigh(σ=1)
+#: mean/SD of Rayleigh noise, √(π/(4 − π)); integer-rounded Rayleigh noise without its zeros only reads higher
+_RAYLEIGH_MEAN_TO_SD = 1.9131
+#: below this the background is not raw magnitude noise: Siemens coil-combined, parallel-imaging and filtered
+#: reconstructions leave backgrounds that fall from 0 (1.26–1.47 on the niivue TSE and the Prisma scans of
+#: ``../shared``), whose Rayleigh reading was 5–8× below the noise inside the head
+RAYLEIGH_MIN_MEAN_TO_SD = 1.6
 
 
 def _corner_blocks(x: np.ndarray, fraction: float = 0.12) -> np.ndarray:
@@ -136,7 +142,43 @@ def sigma_rician_background(data: np.ndarray, mask: np.ndarray | None = None) ->
         if kept.size < 100:
             break
         sigma = float(np.median(kept)) / _RAYLEIGH_MEDIAN
+    kept = values[values <= 5 * sigma]
+    ratio = float(kept.mean()) / max(float(kept.std()), 1e-12)
+    if ratio < RAYLEIGH_MIN_MEAN_TO_SD:
+        raise InputError(f"the background is not Rayleigh noise (mean/SD {ratio:.2f}, {_RAYLEIGH_MEAN_TO_SD:.2f} "
+                         "expected): the scanner filtered or suppressed it, so it does not measure the image's noise")
     return sigma
+
+
+def mr_foreground(data: np.ndarray) -> np.ndarray:
+    """Voxels whose 3×3×3 mean is above 10 % of the 99th percentile of the non-zero voxels: the object, without the
+    background (where a scanner may have filtered, clipped or zeroed the noise)."""
+    from scipy import ndimage as ndi
+
+    x = np.asarray(data, dtype=np.float32)
+    positive = x[x > 0]
+    if positive.size == 0:
+        return np.zeros(x.shape, bool)
+    return ndi.uniform_filter(x, 3) > 0.1 * float(np.percentile(positive, 99))
+
+
+def sigma_mr_foreground(data: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> float:
+    """σ of MR noise measured inside the object: the finest-wavelet MAD (:func:`sigma_wavelet_mad`) over the flatter
+    half of the object (:func:`mr_foreground` eroded by 2 voxels; voxels below the median gradient of the volume
+    smoothed at 1.5 mm), where fine anatomy adds least. Within −10 % / +8 % of the true σ for Rician noise of 1–9 %
+    on the Shepp–Logan head and the MNI152 template (the whole object read up to +20 %); on the Prisma T1 of
+    ``../shared`` the whole object reads 0.85 % of its 99.9th percentile, its flatter half 0.51 %."""
+    from scipy import ndimage as ndi
+
+    x = np.asarray(data, dtype=np.float32)
+    whole = mr_foreground(x)
+    inside = ndi.binary_erosion(whole, iterations=2)
+    if inside.sum() < 512:  # a thin or tiny object: take all of it
+        inside = whole if whole.sum() >= 64 else x > 0
+    smooth = ndi.gaussian_filter(x, [1.5 / s for s in spacing])
+    gradient = np.sqrt(sum(np.square(g / s) for g, s in zip(np.gradient(smooth), spacing)))
+    flat = inside & (gradient < np.percentile(gradient[inside], 50)) if inside.any() else inside
+    return sigma_wavelet_mad(x, mask=flat if flat.sum() >= 64 else inside)
 
 
 def _axial_window(spacing: tuple[float, float, float] | None, window_mm: float) -> tuple[int, int, int]:
@@ -442,8 +484,9 @@ def as_noise(sigma) -> NoiseEstimate:
 def estimate_noise(volume) -> NoiseEstimate:
     """The noise level of ``volume`` by the estimator that suits its modality.
 
-    * MR: :func:`sigma_rician_background` when the background holds noise, else :func:`sigma_wavelet_mad` on the
-      non-zero voxels (a zeroed background carries no noise).
+    * MR: :func:`sigma_rician_background` when the background holds raw (Rayleigh) noise, else
+      :func:`sigma_mr_foreground`, inside the object (a zeroed, filtered or suppressed background does not carry the
+      image's noise).
     * CT: :func:`ct_noise_map` (local standard deviation in homogeneous soft tissue; FBP noise is correlated, so the
       finest wavelet band would underestimate it) and, where room allows, :func:`ct_nps` for bm3d/bm4d.
     * Others: :func:`sigma_wavelet_mad`.
@@ -454,12 +497,13 @@ def estimate_noise(volume) -> NoiseEstimate:
     """
     data = volume.data
     if volume.modality == "MR":
-        if background_is_zeroed(data):
-            return NoiseEstimate(sigma_wavelet_mad(data, mask=data > 0), "wavelet-mad-foreground")
-        try:
-            return NoiseEstimate(sigma_rician_background(data), "rician-background")
-        except InputError:  # no air around the object (a crop): the finest wavelet band still measures the noise
-            return NoiseEstimate(sigma_wavelet_mad(data), "wavelet-mad")
+        if not background_is_zeroed(data):
+            try:
+                return NoiseEstimate(sigma_rician_background(data), "rician-background")
+            except InputError:  # no air around the object (a crop), or a background that is not raw noise
+                pass
+        # a zeroed, filtered or suppressed background carries none of the image's noise: measure it inside
+        return NoiseEstimate(sigma_mr_foreground(data, tuple(volume.spacing)), "wavelet-mad-foreground")
     if volume.modality == "CT":
         axis = conventions.axial_axis(volume.direction)
         axial = np.moveaxis(data, axis, 2)

@@ -84,7 +84,7 @@ def test_info_and_methods(capsys, mr_nifti):
     facts = json.loads(out)
     assert facts["shape"] == [24, 20, 12] and facts["orientation"] == "RAS"
     assert facts["spacing_mm"] == [1.0, 1.2, 3.0]
-    assert facts["noise_sigma"] > 0
+    assert facts["noise_sigma"] > 0 and facts["noise_method"]
     code, out, _ = run(capsys, "methods", "--json")
     names = {m["name"] for m in json.loads(out)}
     assert {"gaussian", "tv", "nlm", "wavelet", "bm3d", "bm4d"} <= names

@@ -19,6 +19,7 @@ def describe(volume) -> dict:
 
     data = volume.data
     p1, p99 = np.percentile(data, [1, 99])
+    noise = estimate_noise(volume)
     return {
         "path": volume.meta.get("source_path"),
         "format": volume.meta.get("format"),
@@ -29,7 +30,7 @@ def describe(volume) -> dict:
         "modality": volume.modality,
         "modality_source": volume.meta.get("modality_source"),
         "min": float(data.min()), "max": float(data.max()), "p1": float(p1), "p99": float(p99),
-        "noise_sigma": round(float(estimate_noise(volume).sigma), 4),
+        "noise_sigma": round(float(noise.sigma), 4), "noise_method": noise.method,
     }
 
 
@@ -53,7 +54,7 @@ def info(
     out.print(f"  orientation  {facts['orientation']} (voxel axes point to; RAS+ world)")
     out.print(f"  modality     {facts['modality']} ({facts['modality_source']})")
     out.print(f"  values       {facts['min']:.6g} … {facts['max']:.6g} (1–99 %: {facts['p1']:.6g} … {facts['p99']:.6g})")
-    out.print(f"  noise σ      {facts['noise_sigma']:.4g} (estimated, volume units)")
+    out.print(f"  noise σ      {facts['noise_sigma']:.4g} (estimated: {facts['noise_method']}; volume units)")
 
 
 @app.command()

@@ -93,6 +93,11 @@ def run_model(data: np.ndarray, sigma, weights: str | Path, *, device: str = "cp
     if adapt_seconds:  # per-scan adaptation on a copy (medden.denoisers.adapt)
         from medden.denoisers.adapt import adapt_network
 
+        if card.modality == "CT" and noise_psd is None:
+            raise ParameterError("adapt_seconds on CT needs the scan's noise spectrum, and none was measured (a given "
+                                 "sigma, or too little homogeneous soft tissue): white recorrupting noise teaches the "
+                                 "network to keep CT noise")
+
         net = adapt_network(net, x, s, seconds=adapt_seconds, device=device, magnitude=card.modality == "MR",
                             psd=noise_psd, axial_axis=axial_axis)
     out = sliding_window(net, x, s, device=device, overlap=overlap, precision=precision)

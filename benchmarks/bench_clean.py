@@ -46,6 +46,10 @@ get σ ``auto`` (medden's CT estimator; BM4D then uses the estimated noise spect
 * ``cta-train`` — the chest CTA as stored (a real scan; slices 0–127 are in the shipped ``deep-ct``'s training set,
   and it was trained to return exactly this scan): the training row. Its own noise caps the PSNR for every method.
 
+``--ct-kernels ram-lak,shepp-logan,hann`` runs the kernel study instead of the CT references: ``smooth-chest`` and
+``phantom-avg`` with their noise reconstructed by each FBP window (named ``smooth-chest/hann`` ...; ``shepp-logan``, the
+default, is the window of every other CT reference and of ``deep-ct``'s training noise).
+
 ``--weights PATH`` swaps the shipped model for a candidate (its ``.json`` card says MR or CT); may be given twice.
 """
 from __future__ import annotations
@@ -206,22 +210,25 @@ def ct_rois(ref: np.ndarray, n_slices_ok: slice | None = None) -> dict[str, np.n
     return {"fat": fat, "soft": soft, "nps": eroded((ref > -150) & (ref < 150), 3) & flat}
 
 
+#: the FBP window every CT reference is reconstructed with (and deep-ct's training noise); --ct-kernels adds others
+DEFAULT_KERNEL = "shepp-logan"
 FULL_DOSE_SLICES = 10  # the full-dose scan only sets the NPS to match: a few slices (whole 5 mm blocks) resolve it
 
 
-def simulate_ct(clean: np.ndarray, spacing, doses, seed: int) -> dict[float, np.ndarray]:
-    """Projection-domain low-dose scans of the noise-free object ``clean`` (axial slices along the last axis); the
-    full dose (key 1.0) on the central :data:`FULL_DOSE_SLICES` slices only, NaN elsewhere."""
+def simulate_ct(clean: np.ndarray, spacing, doses, seed: int, kernel: str = DEFAULT_KERNEL) -> dict[float, np.ndarray]:
+    """Projection-domain low-dose scans of the noise-free object ``clean`` (axial slices along the last axis),
+    reconstructed with the FBP window ``kernel``; the full dose (key 1.0) on the central :data:`FULL_DOSE_SLICES`
+    slices only, NaN elsewhere."""
     from medden.noise import lowdose_ct
 
     out = {}
     for i, d in enumerate(tuple(doses)):
-        out[d] = np.asarray(lowdose_ct(clean, dose=d, spacing_mm=tuple(spacing), generator=seed + 17 * i + 1),
-                            dtype=np.float32)
+        out[d] = np.asarray(lowdose_ct(clean, dose=d, spacing_mm=tuple(spacing), generator=seed + 17 * i + 1,
+                                       filter=kernel), dtype=np.float32)
     z = centre_box(clean.shape, (clean.shape[0], clean.shape[1], FULL_DOSE_SLICES))
     full = np.full(clean.shape, np.nan, np.float32)
     full[z] = np.asarray(lowdose_ct(np.ascontiguousarray(clean[z]), dose=1.0, spacing_mm=tuple(spacing),
-                                    generator=seed + 5), dtype=np.float32)
+                                    generator=seed + 5, filter=kernel), dtype=np.float32)
     out[1.0] = full
     return out
 
@@ -268,21 +275,9 @@ def ct_references(root: Path, size: int, slices: int, seed: int, quick: bool,
     refs[-1].note = "water cylinder (fat −100, soft +50 HU inserts), 1 mm slices"
     refs.append(thick(cyl, 5, "water cylinder, 5 thin slices averaged (5 mm)"))
 
-    chest = root / "ct" / "pyradiomics_lung1_chest.nii.gz"
-    if chest.is_file():
-        v = medden.load_volume(chest)
-        x = v.data.astype(np.float32)
-        ps = piecewise_smooth(x, v.spacing, CT_EDGES)
-        log("  CT: simulating the smooth chest ...")
-        r = Reference("smooth-chest", "synthetic", "CT", ps, tuple(v.spacing),
-                      "piecewise-smooth from held-out PyRadiomics lung1 chest", doses)
-        zs = centre_box(ps.shape, (ps.shape[0], ps.shape[1], min(slices, ps.shape[2])))
-        r = crop_ref(r, zs)
-        r.noisy = simulate_ct(r.data, r.spacing, doses, seed + 100)
-        c = body_centre(r.data, -300)
-        r = crop_ref(r, centre_box(r.data.shape, (size, size, slices), c))
-        r.rois = ct_rois(r.data)
-        refs.append(r)
+    chest = smooth_chest(root, size, slices, seed, doses, log)
+    if chest is not None:
+        refs.append(chest)
 
     cta = root / "ct" / "totalseg_chest_cta_1p5mm.nii.gz"
     if cta.is_file() and not quick:
@@ -307,18 +302,65 @@ def ct_references(root: Path, size: int, slices: int, seed: int, quick: bool,
         refs.append(crop_ref(as_stored, mid))
         refs.append(crop_ref(smooth, mid))
 
+    phantom = None if quick else head_phantom(root, size, slices, seed, doses, log)
+    if phantom is not None:
+        refs.append(phantom)
+    return refs
+
+
+def smooth_chest(root: Path, size: int, slices: int, seed: int, doses, log, kernel: str = DEFAULT_KERNEL
+                 ) -> Reference | None:
+    """``smooth-chest``: piecewise-smooth from the held-out PyRadiomics lung1 chest, noise simulated on whole slices
+    (reconstructed with ``kernel``), then cropped; None without the file."""
+    import medden
+
+    chest = root / "ct" / "pyradiomics_lung1_chest.nii.gz"
+    if not chest.is_file():
+        return None
+    v = medden.load_volume(chest)
+    ps = piecewise_smooth(v.data.astype(np.float32), v.spacing, CT_EDGES)
+    log(f"  CT: simulating the smooth chest ({kernel}) ...")
+    r = Reference(kernel_name("smooth-chest", kernel), "synthetic", "CT", ps, tuple(v.spacing),
+                  f"piecewise-smooth from held-out PyRadiomics lung1 chest, {kernel} FBP", doses)
+    r = crop_ref(r, centre_box(ps.shape, (ps.shape[0], ps.shape[1], min(slices, ps.shape[2]))))
+    r.noisy = simulate_ct(r.data, r.spacing, doses, seed + 100, kernel)
+    r = crop_ref(r, centre_box(r.data.shape, (size, size, slices), body_centre(r.data, -300)))
+    r.rois = ct_rois(r.data)
+    return r
+
+
+def head_phantom(root: Path, size: int, slices: int, seed: int, doses, log, kernel: str = DEFAULT_KERNEL
+                 ) -> Reference | None:
+    """``phantom-avg``: the repeat-averaged Philips head phantom, noise simulated (``kernel`` FBP); None without the
+    two repeat scans."""
     rep1 = root / "ct" / "philips_headphantom_2.5mm_rep1.nii.gz"
     rep2 = root / "ct" / "philips_headphantom_2.5mm_rep2.nii.gz"
-    if rep1.is_file() and rep2.is_file() and not quick:
-        avg, sp = repeat_average(rep1, rep2)
-        zb = centre_box(avg.shape, (avg.shape[0], avg.shape[1], slices))
-        log("  CT: simulating the averaged head phantom ...")
-        r = Reference("phantom-avg", "held-out", "CT", np.ascontiguousarray(avg[zb]), sp,
-                      "Philips head phantom, repeat scans 1+2 averaged (sheared geometry)", doses)
-        r.noisy = simulate_ct(r.data, r.spacing, doses, seed + 400)
-        r.rois = ct_rois(r.data)
-        c = body_centre(r.data, -300)
-        refs.append(crop_ref(r, centre_box(r.data.shape, (size, size, slices), c)))
+    if not (rep1.is_file() and rep2.is_file()):
+        return None
+    avg, sp = repeat_average(rep1, rep2)
+    zb = centre_box(avg.shape, (avg.shape[0], avg.shape[1], slices))
+    log(f"  CT: simulating the averaged head phantom ({kernel}) ...")
+    r = Reference(kernel_name("phantom-avg", kernel), "held-out", "CT", np.ascontiguousarray(avg[zb]), sp,
+                  f"Philips head phantom, repeat scans 1+2 averaged (sheared geometry), {kernel} FBP", doses)
+    r.noisy = simulate_ct(r.data, r.spacing, doses, seed + 400, kernel)
+    r.rois = ct_rois(r.data)
+    return crop_ref(r, centre_box(r.data.shape, (size, size, slices), body_centre(r.data, -300)))
+
+
+def kernel_name(name: str, kernel: str) -> str:
+    """A reference's name, with the kernel appended when it is not :data:`DEFAULT_KERNEL` (``smooth-chest/hann``)."""
+    return name if kernel == DEFAULT_KERNEL else f"{name}/{kernel}"
+
+
+def ct_kernel_references(root: Path, size: int, slices: int, seed: int, kernels: list[str], log) -> list[Reference]:
+    """The kernel study (``--ct-kernels``): the held-out smooth chest and head phantom, their noise reconstructed
+    with each FBP window (sharp ``ram-lak`` … smooth ``hann``). ``deep-ct`` learnt ``shepp-logan`` noise only."""
+    refs = []
+    for kernel in kernels:
+        for make in (smooth_chest, head_phantom):
+            r = make(root, size, slices, seed, CT_DOSES, log, kernel)
+            if r is not None:
+                refs.append(r)
     return refs
 
 
@@ -550,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", nargs="*", default=None, metavar="NAME",
                     help="keep the rows of the modalities this run does not cover from these results files "
                          "(benchmarks/results/NAME.json; no NAME: the output file itself), e.g. MR and CT run apart")
+    ap.add_argument("--ct-kernels", default=None, metavar="K1,K2",
+                    help="CT kernel study instead of the CT references: the smooth chest and the head phantom with "
+                         f"their noise reconstructed by each FBP window (ram-lak, {DEFAULT_KERNEL}, cosine, hamming, hann)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="clean", help="results file benchmarks/results/NAME.json")
     args = ap.parse_args(argv)
@@ -635,7 +680,9 @@ def main(argv: list[str] | None = None) -> int:
                         "deep-mr")
     if args.only in ("ct", "all"):
         deep = ["deep-ct"] if "deep" in args.methods.split(",") else []
-        for ref in ct_references(root, ct_size, slices, args.seed, args.quick, log):
+        refs = (ct_kernel_references(root, ct_size, slices, args.seed, args.ct_kernels.split(","), log)
+                if args.ct_kernels else ct_references(root, ct_size, slices, args.seed, args.quick, log))
+        for ref in refs:
             run_ref(ref, deep, lambda r, ms: score_ct(r, ms, weights, log), "deep-ct")
     write(final=True)
     return 0

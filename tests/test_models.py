@@ -55,6 +55,15 @@ def test_save_and_load_round_trip(tmp_path):
     assert card2.normalisation.kind == "percentile"
 
 
+def test_a_resaved_card_keeps_its_changelog(tmp_path):
+    """Exporting a model again from its card (a new version) must not drop the history the bundle metadata shows."""
+    path, net = _save_small(tmp_path)
+    _, card = load_model(path)
+    card.changelog = {"0.1.0": "first", "0.2.0": "retrained"}
+    again = save_model(net, card, tmp_path / "again.safetensors")
+    assert load_model(again)[1].changelog == {"0.1.0": "first", "0.2.0": "retrained"}
+
+
 def test_corrupt_weights_are_a_clear_error(tmp_path):
     path, _ = _save_small(tmp_path)
     path.write_bytes(path.read_bytes()[:200])

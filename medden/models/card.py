@@ -120,6 +120,7 @@ class ModelCard:
     sha256: str = ""
     format: int = CARD_FORMAT
     licence: str = ""  # of the weights; empty: medden's own, Apache-2.0 (see DEFAULT_WEIGHTS_LICENCE)
+    changelog: dict[str, str] = field(default_factory=dict)  # version → what changed (the bundle's metadata repeats it)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)

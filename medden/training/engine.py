@@ -147,9 +147,10 @@ def resume(path: Path, key: str, device: str, log: Callable[[str], None]) -> dic
     return state
 
 
-def compact_state(src: Path, dest: Path) -> Path:
+def compact_state(src: str | Path, dest: str | Path) -> Path:
     """A training state small enough to commit (the network, step, elapsed time, history, run key and config;
     without the optimiser's moments, which a resumed run re-estimates within a few steps), written atomically."""
+    src, dest = Path(src), Path(dest)
     state = torch.load(src, map_location="cpu", weights_only=True)
     keep = {k: v for k, v in state.items() if k not in ("optimizer",)}
     keep["model"] = {k: v.contiguous() for k, v in state["model"].items()}

@@ -166,8 +166,11 @@ def test_a_committed_training_state_resumes_the_same_run_and_seeds_another(tmp_p
     from medden.training.engine import compact_state
 
     rec = train(validate_config(_cfg(tmp_path, scans, epochs=1, export=None)), log=lambda s: None)
-    state = compact_state(Path(rec["run_dir"]) / "last.pt", tmp_path / "state" / "tiny.pt")
-    assert "optimizer" not in torch.load(state, weights_only=True)
+    state = compact_state(Path(rec["run_dir"]) / "last.pt", tmp_path / "state" / "tiny.pt", data_root=tmp_path)
+    saved = torch.load(state, weights_only=True)
+    assert "optimizer" not in saved
+    assert all(not Path(d["path"]).is_absolute() for d in saved["config"]["data"])  # no folder of this machine
+    assert str(tmp_path) not in json.dumps(saved["config"])
     logs: list[str] = []  # same run, fresh cache folder (a later session): continues at its step
     more = train(validate_config(_cfg(tmp_path, scans, epochs=2, export=None, resume_from=str(state),
                                       checkpoint_dir=str(tmp_path / "later"))), log=logs.append)

@@ -167,8 +167,8 @@ def sigma_mr_foreground(data: np.ndarray, spacing: tuple[float, float, float] = 
     """σ of MR noise measured inside the object: the finest-wavelet MAD (:func:`sigma_wavelet_mad`) over the flatter
     half of the object (:func:`mr_foreground` eroded by 2 voxels; voxels below the median gradient of the volume
     smoothed at 1.5 mm), where fine anatomy adds least. Within −10 % / +8 % of the true σ for Rician noise of 1–9 %
-    on the Shepp–Logan head and the MNI152 template (the whole object read up to +20 %); on the Prisma T1 of
-    ``../shared`` the whole object reads 0.85 % of its 99.9th percentile, its flatter half 0.51 %."""
+    on the Shepp–Logan head and the MNI152 template (the whole object read up to +20 %); on a Siemens Prisma
+    T1 (1 × 1 × 4.8 mm) the whole object reads 0.85 % of its 99.9th percentile, its flatter half 0.51 %."""
     from scipy import ndimage as ndi
 
     x = np.asarray(data, dtype=np.float32)

@@ -147,16 +147,45 @@ def resume(path: Path, key: str, device: str, log: Callable[[str], None]) -> dic
     return state
 
 
-def compact_state(src: str | Path, dest: str | Path) -> Path:
+def compact_state(src: str | Path, dest: str | Path, data_root: str | Path | None = None) -> Path:
     """A training state small enough to commit (the network, step, elapsed time, history, run key and config;
-    without the optimiser's moments, which a resumed run re-estimates within a few steps), written atomically."""
+    without the optimiser's moments, which a resumed run re-estimates within a few steps), written atomically.
+
+    The config's data paths under ``data_root`` (default ``$MEDDEN_DATA``) are written relative to it, the root in
+    its command as ``DATA``, and its checkpoint folder (that machine's cache) is left out: a committed state names no
+    folder of the machine that trained it."""
+    from medden.training.config import data_root as default_root
+
     src, dest = Path(src), Path(dest)
     state = torch.load(src, map_location="cpu", weights_only=True)
     keep = {k: v for k, v in state.items() if k not in ("optimizer",)}
     keep["model"] = {k: v.contiguous() for k, v in state["model"].items()}
+    root = data_root or default_root()
+    if isinstance(keep.get("config"), dict):
+        keep["config"] = {**keep["config"], "checkpoint_dir": None}
+        if root:
+            keep["config"] = _relative_to_root(keep["config"], Path(root))
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_state(dest, keep)
     return dest
+
+
+def _relative_to_root(config: dict, root: Path) -> dict:
+    """``config`` with the data and validation paths under ``root`` relative to it and ``root`` in its command
+    replaced by ``DATA``."""
+    absolute = root.expanduser().resolve()
+
+    def rel(spec: dict) -> dict:
+        out = dict(spec)
+        for key in ("path", "pair"):
+            if isinstance(out.get(key), str) and Path(out[key]).expanduser().resolve().is_relative_to(absolute):
+                out[key] = str(Path(out[key]).expanduser().resolve().relative_to(absolute))
+        return out
+
+    config = {**config, **{k: [rel(d) for d in config[k]] for k in ("data", "validation") if k in config}}
+    if isinstance(config.get("command"), str):
+        config["command"] = config["command"].replace(str(root), "DATA").replace(str(absolute), "DATA")
+    return config
 
 
 def start_state(path: str | Path, key: str, log: Callable[[str], None]) -> tuple[dict, bool]:

@@ -76,8 +76,7 @@ def shaped_noise(psd: np.ndarray, batch: int, generator: torch.Generator, device
 
 def adapt_network(net: torch.nn.Module, x: np.ndarray, sigma, *, seconds: float, device: str = "cpu",
                   magnitude: bool = True, psd: Callable[[tuple], np.ndarray] | None = None, axial_axis: int = 2,
-                  batch: int = 2,
-                  lr: float = 5e-5, alpha: float = 0.5, seed: int = 0,
+                  batch: int = 2, lr: float = 5e-5, alpha: float = 0.5, seed: int = 0,
                   log: Callable[[str], None] | None = None) -> torch.nn.Module:
     """A copy of ``net`` fine-tuned for ``seconds`` on ``x`` (already in the network's units, level ``sigma`` in the
     same units) by Recorrupted-to-Recorrupted; returns it in eval mode. ``magnitude``: MR magnitude data (the loss

@@ -178,8 +178,9 @@ def _relative_to_root(config: dict, root: Path) -> dict:
     def rel(spec: dict) -> dict:
         out = dict(spec)
         for key in ("path", "pair"):
-            if isinstance(out.get(key), str) and Path(out[key]).expanduser().resolve().is_relative_to(absolute):
-                out[key] = str(Path(out[key]).expanduser().resolve().relative_to(absolute))
+            path = Path(out[key]).expanduser().resolve() if isinstance(out.get(key), str) else None
+            if path is not None and path.is_relative_to(absolute):
+                out[key] = str(path.relative_to(absolute))
         return out
 
     config = {**config, **{k: [rel(d) for d in config[k]] for k in ("data", "validation") if k in config}}

@@ -71,6 +71,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import RESULTS_DIR, data_root  # noqa: E402
+from medden.phantoms import CT_TISSUE_EDGES, piecewise_smooth  # noqa: E402
 
 MR_LEVELS = (1, 3, 5, 7, 9)
 CT_DOSES = (0.25, 0.10)
@@ -121,24 +122,6 @@ def block_mean(x: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     x = x[: sh[0], : sh[1], : sh[2]]
     return x.reshape(sh[0] // factors[0], factors[0], sh[1] // factors[1], factors[1],
                      sh[2] // factors[2], factors[2]).mean(axis=(1, 3, 5)).astype(np.float32)
-
-
-def piecewise_smooth(x: np.ndarray, spacing, edges, sigma_mm: float = 3.0) -> np.ndarray:
-    """A noise-free, piecewise-smooth version of a real scan: voxels are classed by intensity (``edges``, after a
-    light smoothing) and each class is filled with its own Gaussian local mean (``sigma_mm``), normalised by the
-    class's local share, so boundaries stay sharp and noise is averaged over ≈ (2√π·σ)³ voxels; a final 0.5-voxel blur
-    stands for the scanner's point-spread function at the class boundaries."""
-    x = x.astype(np.float32)
-    labels = np.digitize(ndimage.gaussian_filter(x, 0.7), edges)
-    sig = [sigma_mm / s for s in spacing]
-    out = np.empty_like(x)
-    for lab in np.unique(labels):
-        m = (labels == lab).astype(np.float32)
-        den = ndimage.gaussian_filter(m, sig)
-        num = ndimage.gaussian_filter(x * m, sig)
-        inside = labels == lab
-        out[inside] = num[inside] / np.maximum(den[inside], 1e-3)
-    return ndimage.gaussian_filter(out, 0.5).astype(np.float32)
 
 
 def eroded(mask: np.ndarray, iterations: int = 2) -> np.ndarray:
@@ -196,7 +179,6 @@ def mr_references(root: Path, size: int, quick: bool) -> list[Reference]:
 
 
 # -- CT references -------------------------------------------------------------------------------------------------
-CT_EDGES = (-950.0, -500.0, -200.0, -30.0, 120.0, 300.0)  # air | lung | ? | fat | soft tissue | enhanced | bone
 
 
 def ct_rois(ref: np.ndarray, n_slices_ok: slice | None = None) -> dict[str, np.ndarray]:
@@ -291,7 +273,7 @@ def ct_references(root: Path, size: int, slices: int, seed: int, quick: bool,
         as_stored = Reference("cta-train", "training", "CT", np.ascontiguousarray(sl[zbox]), tuple(v.spacing),
                               "chest CTA as stored (real scan, deep-ct training slices)", doses)
         as_stored.noisy = simulate_ct(as_stored.data, as_stored.spacing, doses, seed + 200)
-        ps = piecewise_smooth(sl, v.spacing, CT_EDGES)
+        ps = piecewise_smooth(sl, v.spacing, CT_TISSUE_EDGES)
         smooth = Reference("smooth-cta", "synthetic", "CT", np.ascontiguousarray(ps[zbox]), tuple(v.spacing),
                            "piecewise-smooth from the TotalSegmentator chest CTA (a training source)", doses)
         smooth.noisy = simulate_ct(smooth.data, smooth.spacing, doses, seed + 300)
@@ -318,7 +300,7 @@ def smooth_chest(root: Path, size: int, slices: int, seed: int, doses, log, kern
     if not chest.is_file():
         return None
     v = medden.load_volume(chest)
-    ps = piecewise_smooth(v.data.astype(np.float32), v.spacing, CT_EDGES)
+    ps = piecewise_smooth(v.data.astype(np.float32), v.spacing, CT_TISSUE_EDGES)
     log(f"  CT: simulating the smooth chest ({kernel}) ...")
     r = Reference(kernel_name("smooth-chest", kernel), "synthetic", "CT", ps, tuple(v.spacing),
                   f"piecewise-smooth from held-out PyRadiomics lung1 chest, {kernel} FBP", doses)

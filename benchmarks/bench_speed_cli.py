@@ -4,6 +4,7 @@ BM4D's voxel rate on the same machine in the same run.
     python benchmarks/bench_speed_cli.py                 # prepare the CT, 3 timed runs, profile, BM4D crop
     python benchmarks/bench_speed_cli.py --runs 5 --method deep-ct
     python benchmarks/bench_speed_cli.py --time-log runs.txt   # use `/usr/bin/time -v` logs of runs made elsewhere
+    python benchmarks/bench_speed_cli.py --param weights=cand.safetensors --name speed_cand   # another model
 
 1. **Input** (``--prepare``, done when missing): a real chest CT (``ct/pyradiomics_lung1_chest.nii.gz`` under the
    data root: ``--data-root``, ``$MEDDEN_DATA``, else ``../shared/data``) resampled (linear) to 512×512×300 voxels,
@@ -82,10 +83,11 @@ def prepare(root: Path, path: Path, shape: tuple[int, int, int] = SHAPE, seed: i
     return info
 
 
-def command(ct: Path, out: Path, method: str) -> list[str]:
+def command(ct: Path, out: Path, method: str, params: list[str] = ()) -> list[str]:
     exe = shutil.which("medden")
     head = [exe] if exe else [sys.executable, "-m", "medden"]
-    return head + ["denoise", str(ct), "--method", method, "--quiet", "-o", str(out), "--overwrite"]
+    extra = [a for p in params for a in ("--param", p)]
+    return head + ["denoise", str(ct), "--method", method, *extra, "--quiet", "-o", str(out), "--overwrite"]
 
 
 def parse_time_v(text: str) -> list[dict]:
@@ -158,7 +160,7 @@ def stages(stdout: str, stderr: str, stats_path: Path) -> dict:
     return out
 
 
-def bm4d_rate(ct: Path, crop: tuple[int, int, int], method: str) -> dict:
+def bm4d_rate(ct: Path, crop: tuple[int, int, int], method: str, params: dict | None = None) -> dict:
     import medden
     import torch
 
@@ -168,10 +170,11 @@ def bm4d_rate(ct: Path, crop: tuple[int, int, int], method: str) -> dict:
     sub = medden.Volume(np.ascontiguousarray(vol.data[sl]), vol.affine, modality="CT")
     out = {"crop": list(crop), "voxels": int(sub.data.size)}
     for m in ("bm4d", method):
+        kw = (params or {}) if m == method else {}
         if m == method:  # warm the model once: the whole-command timing pays its loading separately
-            medden.denoise(sub, method=m, sigma="auto", device="cpu")
+            medden.denoise(sub, method=m, sigma="auto", device="cpu", **kw)
         t, c = time.perf_counter(), time.process_time()
-        medden.denoise(sub, method=m, sigma="auto", device="cpu")
+        medden.denoise(sub, method=m, sigma="auto", device="cpu", **kw)
         sec, cpu = time.perf_counter() - t, time.process_time() - c
         out[m] = {"seconds": sec, "cpu_seconds": cpu, "voxels_per_s": sub.data.size / sec,
                   "voxels_per_cpu_s": sub.data.size / cpu}
@@ -189,20 +192,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--bm4d-crop", default="128,128,48")
     ap.add_argument("--shape", default="512,512,300", help="test CT size in voxels (smaller for a smoke test)")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a method parameter, as `medden denoise --param` takes it (e.g. weights=candidate.safetensors "
+                         "to time another model); repeatable")
     ap.add_argument("--name", default="speed")
     args = ap.parse_args(argv)
+    from medden.registry import parse_assignments
+
+    params = parse_assignments(args.param, option="--param")
     load0 = os.getloadavg()
     shape = tuple(int(v) for v in args.shape.split(","))
     ct = SCRATCH / f"ct_{'x'.join(map(str, shape))}.nii.gz"
     print("preparing", ct.relative_to(ROOT), flush=True)
     info = prepare(data_root(args.data_root), ct, shape)
     out_path = SCRATCH / "out.nii.gz"
-    cmd = command(ct, out_path, args.method)
-    shown = f"medden denoise {ct.relative_to(ROOT)} --method {args.method} --quiet -o {out_path.relative_to(ROOT)}"
+    cmd = command(ct, out_path, args.method, args.param)
+    shown = (f"medden denoise {ct.relative_to(ROOT)} --method {args.method}"
+             + "".join(f" --param {p}" for p in args.param) + f" --quiet -o {out_path.relative_to(ROOT)}")
     result: dict = {"command": shown, "input": info, "machine": {
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "load_average_before": load0}}
     crop = tuple(int(v) for v in args.bm4d_crop.split(","))
-    result["same_run_crop"] = bm4d_rate(ct, crop, args.method)  # first: short, so every partial result has it
+    result["same_run_crop"] = bm4d_rate(ct, crop, args.method, params)  # first: short, so every partial result has it
     path = RESULTS_DIR / f"{args.name}.json"
 
     def summarise_and_write(runs: list[dict], note: str) -> None:

@@ -212,6 +212,9 @@ def model_doc(name: str, spec: dict, card: dict) -> str:
     for d in tr.get("data", []):
         extra = f", average-pooled ×{d['downsample']} along its fine axes (a cleaner target)" if d.get("downsample", 1) > 1 else ""
         extra += f", slices {d['slices'][0]}–{d['slices'][1]}" if d.get("slices") else ""
+        extra += (f"; its noise-free piecewise-smooth version ({d['piecewise_smooth_mm']:g} mm local means per tissue "
+                  "class), a supervised target" if d.get("piecewise_smooth_mm") else
+                  "; Recorrupted-to-Recorrupted (its own noise)" if d.get("target") == "noisy" else "")
         lines.append(f"- `{data_path(d['path'], spec['modality'])}` — {d['licence']}{extra}")
     if tr.get("synthetic_volumes"):
         lines.append(f"- {tr['synthetic_volumes']} synthetic piecewise-smooth volumes (random ellipsoids, bias field, "
@@ -223,65 +226,42 @@ def model_doc(name: str, spec: dict, card: dict) -> str:
                  f"{fid.get('tuned_on', '')}" if (fid := card.get("noise", {}).get("fidelity")) else "off"),
               "", "Held out of training and tuning, used for the benchmark: " + "; ".join(HELD_OUT[spec["modality"]]),
               "", "Curves: [curves.csv](curves.csv), ![curves](curves.png)", ""]
-    bench = ROOT / "benchmarks" / "results" / "deep.json"
-    if bench.is_file():
-        lines += bench_table(json.loads(bench.read_text()), spec["modality"], spec["method"])
+    lines += clean_tables(spec["modality"])
     return "\n".join(lines) + "\n"
 
 
-def bench_table(res: dict, modality: str, method: str) -> list[str]:
-    """The model's rows of ``benchmarks/results/deep.json`` as a Markdown table (deep vs bm4d, same run)."""
-    rows = res.get("mr" if modality == "MR" else "ct", [])
-    if not rows:
-        return []
-    out = ["## Benchmark on held-out volumes (deep vs BM4D in the same run)", "",
-           f"`{res.get('command', 'python benchmarks/bench_deep.py')}` ({res.get('machine', '')}; "
-           "machine shared with other jobs, so seconds are indicative). Full figures: "
-           "`benchmarks/results/deep.json`.", ""]
-    if modality == "MR":
-        out += ["| volume (crop) | noise | noisy PSNR | BM4D PSNR / SSIM | deep PSNR / SSIM | deep (σ auto) | "
-                "deep, fidelity off | BM4D s | deep s |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            b, d, a = r["bm4d"], r[method], r.get(f"{method} (σ auto)", {})
-            f = r.get(f"{method} (no fidelity)", {})
-            out.append(f"| {r['volume'].replace('.nii.gz', '')} | {r['level_percent_of_max']} % | {r['noisy']['psnr']:.2f} | "
-                       f"{b['psnr']:.2f} / {b['ssim']:.4f} | {d['psnr']:.2f} / {d['ssim']:.4f} | "
-                       f"{a.get('psnr', float('nan')):.2f} | {f.get('psnr', float('nan')):.2f} | "
-                       f"{b['seconds']:.1f} | {d['seconds']:.2f} |")
-    else:
-        out += ["| dose | noisy PSNR | BM4D PSNR / SSIM | deep PSNR / SSIM | BM4D max\\|bias\\| HU | "
-                "deep max\\|bias\\| HU | deep, fidelity off: PSNR / max\\|bias\\| | BM4D s | deep s |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            b, d, f = r["bm4d"], r[method], r.get(f"{method} (no fidelity)")
-            off = f"{f['psnr']:.2f} / {f['max_abs_hu_bias']:.2f} HU" if f else "n/a"
-            out.append(f"| {r['dose']:.0%} | {r['noisy']['psnr']:.2f} | {b['psnr']:.2f} / {b['ssim']:.4f} | "
-                       f"{d['psnr']:.2f} / {d['ssim']:.4f} | {b['max_abs_hu_bias']:.2f} | {d['max_abs_hu_bias']:.2f} | "
-                       f"{off} | {b['seconds']:.1f} | {d['seconds']:.2f} |")
-        nps = res.get("ct_phantom_nps", [])
-        if nps:
-            out += ["", "Noise texture on a water cylinder (`bench_nps_phantom`: projection-domain scans of the "
-                    "noise-free phantom, 64-voxel ROIs, bins of 0.022/mm), axial NPS peak frequency against the "
-                    "full-dose scan's:", "",
-                    "| dose | full dose | noisy | BM4D | deep | noise SD BM4D / deep |", "|---|---|---|---|---|---|"]
-            for r in nps:
-                cell = lambda k: f"{r[k]['nps_peak_per_mm']:.3f}/mm ({100 * r[k]['nps_peak_rel_error']:+.0f} %)"  # noqa: E731
-                out.append(f"| {r['dose']:.0%} | {r['full_dose']['nps_peak_per_mm']:.3f}/mm | {cell('noisy')} | "
-                           f"{cell('bm4d')} | {cell(method)} | {r['bm4d']['noise_sd_hu']:.1f} / "
-                           f"{r[method]['noise_sd_hu']:.1f} HU |")
-    margins = [r[method]["psnr"] - r["bm4d"]["psnr"] for r in rows]
-    out += ["", f"**Status: PSNR margin over BM4D {min(margins):+.2f} … {max(margins):+.2f} dB** — "
-            + ("below BM4D" if max(margins) < 0 else "below BM4D at some levels") + ", so the "
-            "issue-7 target (≥ BM4D + 1.5 dB at every level) is not met; the registry ranks this model after bm4d (`quality_rank` 15), "
-            "making it the default only where the optional BM4D extra is not installed. Longer GPU training (the stages "
-            "above) narrowed the gap but plateaued on validation: the few clean training volumes, not compute, now "
-            "limit it."]
-    if res.get("speed"):
-        sp = res["speed"]
-        out += ["", f"Throughput over all benchmark crops (MR and CT): deep {sp['deep_voxels_per_s']:,.0f} voxels/s, "
-                f"BM4D {sp['bm4d_voxels_per_s']:,.0f} voxels/s ({sp['ratio']:.1f}×"
-                + (f"; {sp['ratio_with_model_loading']:.1f}× counting each model's one-time loading"
-                   if "ratio_with_model_loading" in sp else "") + ")."]
+#: the clean-reference results each modality's bundle README shows (benchmarks/bench_clean.py)
+CLEAN_RESULTS = {"CT": ("clean_ct.json", "clean.json"), "MR": ("clean.json",)}
+
+
+def clean_tables(modality: str) -> list[str]:
+    """The model's figures on clean references (``benchmarks/results/clean_ct.json`` or ``clean.json``: phantoms,
+    templates, piecewise-smooth volumes, BM4D in the same run) and, for CT, the whole-command speed
+    (``speed.json``): the tables ``bench_clean.py`` printed for this modality, verbatim."""
+    out: list[str] = []
+    for name in CLEAN_RESULTS[modality]:
+        path = ROOT / "benchmarks" / "results" / name
+        if not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        sections = [sec for sec in res.get("tables_markdown", "").split("### ") if sec.startswith(modality)]
+        if not sections:
+            continue
+        out += ["## Benchmark on clean references (BM4D in the same run)", "",
+                f"`{res.get('command', 'python benchmarks/bench_clean.py')}` (full figures and protocol: "
+                f"`benchmarks/results/{name}`; see `benchmarks/README.md`).", ""]
+        out += ["### " + sec.strip() + "\n" for sec in sections]
+        break
+    speed = ROOT / "benchmarks" / "results" / "speed.json"
+    if modality == "CT" and speed.is_file():
+        sp = json.loads(speed.read_text())
+        w = sp.get("whole_command", {})
+        if w:
+            out += ["", f"Whole command on a 512×512×300 CT, 2 CPU cores (`python benchmarks/bench_speed_cli.py`, "
+                    f"{sp.get('date_utc', '')}): `{sp['command']}` took {w['wall_median_s']:.0f} s wall (median of "
+                    f"{len(w['runs'])}), peak {w['peak_rss_mb'] / 1024:.2f} GB; "
+                    f"{sp.get('ratio_whole_command_vs_bm4d_cpu_time', float('nan')):.0f}× BM4D's voxels per CPU "
+                    f"second ({sp.get('ratio_whole_command_vs_bm4d', float('nan')):.0f}× by wall time) in the same run."]
     gpu = ROOT / "benchmarks" / "results" / "gpu.json"
     if gpu.is_file():
         g = json.loads(gpu.read_text())
@@ -289,12 +269,8 @@ def bench_table(res: dict, modality: str, method: str) -> list[str]:
         if key in g:
             what = "a 512×512×300 CT" if modality == "CT" else "a 256³ volume"
             out += ["", f"On one {g['gpu']} ({g['torch']}, `python benchmarks/bench_gpu.py`): {what} in "
-                    f"{g[key]['seconds']:.2f} s after a warm-up call (measured with medden 0.1.0's window choice; no GPU was "
-                    "lent to remeasure it since)."]
-    if modality == "CT" and res.get("big_ct_cpu", {}).get("seconds"):
-        big = res["big_ct_cpu"]
-        out += ["", f"A 512×512×300 CT on the CPU: {big['seconds']:.0f} s ({big['voxels_per_s']:,.0f} voxels/s), "
-                f"peak resident memory {big['peak_rss_bytes'] / 1e9:.2f} GB."]
+                    f"{g[key]['seconds']:.2f} s after a warm-up call (an earlier, narrower model with medden 0.1.0's "
+                    "window choice; no GPU was lent to remeasure it since)."]
     return out + [""]
 
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from medden.errors import InputError, ParameterError
-from medden.phantoms import DEFAULT_INSERTS, shepp_logan_3d, slanted_edge, water_cylinder
+from medden.phantoms import (CT_TISSUE_EDGES, DEFAULT_INSERTS, piecewise_smooth, shepp_logan_3d, slanted_edge,
+                             water_cylinder)
 
 
 def test_shepp_logan_shape_spacing_and_values():
@@ -39,6 +40,25 @@ def test_slanted_edge_is_area_sampled():
     partial = (d > 0) & (d < 1000)
     assert partial.sum() > 32  # one partial-volume pixel per column along the edge
     assert d.mean() == pytest.approx(500.0, rel=0.02)  # the edge passes through the centre
+
+
+def test_piecewise_smooth_averages_noise_within_tissue_classes_and_keeps_their_boundaries():
+    ph = water_cylinder((96, 96, 8), (1.0, 1.0, 2.0), diameter_mm=80, inserts={"fat": -100.0, "contrast": 200.0},
+                        insert_diameter_mm=20)
+    noisy = ph.volume.data + np.random.default_rng(0).normal(0, 10, ph.volume.shape).astype(np.float32)
+    ps = piecewise_smooth(noisy, ph.volume.spacing, CT_TISSUE_EDGES, sigma_mm=3.0)
+    assert ps.shape == noisy.shape and ps.dtype == np.float32
+    water, fat = ph.rois["water"], ph.rois["fat"]
+    assert ps[water].std() < 0.25 * noisy[water].std()  # noise averaged away inside the class
+    for name, hu in (("water", 0.0), ("fat", -100.0), ("contrast", 200.0)):  # each class keeps its own level
+        assert abs(ps[ph.rois[name]].mean() - hu) < 2.0
+    # a plain Gaussian of the same width would pull the fat insert towards the water around it
+    from scipy import ndimage
+    blurred = ndimage.gaussian_filter(noisy, (3.0, 3.0, 1.5))
+    edge = fat & ~ndimage.binary_erosion(fat, iterations=2)
+    assert abs(ps[edge].mean() + 100) < 0.5 * abs(blurred[edge].mean() + 100)
+    with pytest.raises(ParameterError):
+        piecewise_smooth(noisy, ph.volume.spacing, CT_TISSUE_EDGES, sigma_mm=0)
 
 
 def test_phantom_errors():

@@ -250,3 +250,28 @@ def test_a_bundle_config_names_its_training_state_from_any_folder(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     cfg = load_config(ROOT / config, data_root_dir=tmp_path / "data")
     assert Path(cfg.resume_from) == (ROOT / raw["resume_from"]).resolve()
+
+
+def test_a_piecewise_smooth_entry_trains_on_a_noise_free_version_of_the_scan(tmp_path, scans):  # noqa: F811
+    from medden.phantoms import water_cylinder
+    from medden.training import ConfigError
+    from medden.training.data import load_volumes
+
+    ph = water_cylinder((64, 64, 16), (1.0, 1.0, 2.0), diameter_mm=56, inserts={"fat": -100.0}, insert_diameter_mm=14)
+    noisy = ph.volume.data + np.random.default_rng(0).normal(0, 15, ph.volume.shape).astype(np.float32)
+    ct = tmp_path / "ct.nii.gz"
+    medden.save_volume(medden.Volume(noisy, ph.volume.affine, modality="CT"), ct)
+    ct_cfg = dict(modality="CT", synthetic_volumes=0, noise={"model": "lowdose-ct", "ct_realisations": 1})
+    cfg = validate_config(_cfg(tmp_path, scans, data=[{"path": str(ct)}, {"path": str(ct), "piecewise_smooth_mm": 3}],
+                               **ct_cfg))
+    raw, smooth = load_volumes(cfg.data, cfg, tmp_path / "cache", log=lambda s: None)
+    assert smooth.role == "clean" and "piecewise-smooth 3 mm" in smooth.name
+    water = ph.rois["water"]
+    assert smooth.clean[water].std() < 0.25 * raw.clean[water].std()  # its noise averaged away: a noise-free target
+    assert abs(smooth.clean[ph.rois["fat"]].mean() * 1000 + 100) < 3  # each class keeps its level (HU / 1000)
+    assert len(smooth.ct_noise) == 1 and smooth.ct_noise[0].std() > 0  # low-dose noise simulated on it
+    with pytest.raises(ConfigError, match="piecewise_smooth_mm"):
+        validate_config(_cfg(tmp_path, scans, data=[{"path": str(ct), "target": "noisy", "piecewise_smooth_mm": 3}],
+                             **ct_cfg))
+    with pytest.raises(ConfigError, match="modality CT"):
+        validate_config(_cfg(tmp_path, scans, data=[{"path": scans[1], "piecewise_smooth_mm": 3}]))

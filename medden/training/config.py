@@ -56,6 +56,11 @@ class DataSpec(_Strict):
     #: a ``noisy`` volume's own noise level as a fraction of its 99.9th percentile, when known better than medden's
     #: estimator gives it (R2R is unbiased only with the right level: too low keeps noise, too high over-smooths)
     noise_level: Optional[float] = Field(None, gt=0, lt=1)
+    #: CT: train on a noise-free, piecewise-smooth version of this scan (:func:`medden.phantoms.piecewise_smooth`: its
+    #: tissue classes by HU, each filled with its own local mean over this many mm) as a ``clean`` target: real
+    #: anatomy whose truth is known, so flat tissue is taught as flat (a real scan's R2R target cannot say which of
+    #: its textures are anatomy)
+    piecewise_smooth_mm: Optional[float] = Field(None, gt=0, le=10)
 
     @field_validator("path", "pair")
     @classmethod
@@ -68,6 +73,12 @@ class DataSpec(_Strict):
             raise ValueError(f"data file {v} does not exist" + (f" under the data root {root}" if path != Path(v) else
                                                                  " (relative paths: give --data-root or MEDDEN_DATA)"))
         return str(path)
+
+    @model_validator(mode="after")
+    def _smooth_is_clean(self) -> "DataSpec":
+        if self.piecewise_smooth_mm is not None and (self.target != "clean" or self.pair is not None):
+            raise ValueError("piecewise_smooth_mm makes a noise-free target: it needs target 'clean' and no pair")
+        return self
 
 
 class NoiseSpec(_Strict):
@@ -184,6 +195,8 @@ class TrainConfig(_Strict):
             raise ValueError("noise.model 'lowdose-ct' needs modality CT")
         if self.mode == "n2n" and any(d.pair is None for d in self.data):
             raise ValueError("mode n2n needs a 'pair' (second noisy scan) for every data entry")
+        if self.modality != "CT" and any(d.piecewise_smooth_mm for d in self.data):
+            raise ValueError("piecewise_smooth_mm classes tissue by CT numbers: it needs modality CT")
         if self.architecture == "conditioned-unet3d" and any(p % 16 for p in self.patch_size):
             raise ValueError(f"the U-Net needs patch sides that are multiples of 16, got {self.patch_size}")
         return self

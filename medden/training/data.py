@@ -66,6 +66,7 @@ def load_volumes(specs: list[DataSpec], cfg: TrainConfig, cache_dir: Path, log=p
     (cached in ``cache_dir``); a ``noisy`` MR volume's own level comes from medden's noise estimator."""
     from medden.io import load_volume
     from medden.noise import estimate_noise
+    from medden.phantoms import CT_TISSUE_EDGES, piecewise_smooth
     from medden.volume import Volume
 
     out = []
@@ -82,6 +83,9 @@ def load_volumes(specs: list[DataSpec], cfg: TrainConfig, cache_dir: Path, log=p
             if spec.slices:
                 pair = pair[:, :, spec.slices[0]:spec.slices[1]]
         name = Path(spec.path).name
+        if spec.piecewise_smooth_mm:  # CT only (the config says so)
+            data = piecewise_smooth(data, vol.spacing, CT_TISSUE_EDGES, spec.piecewise_smooth_mm)
+            name = f"{name} (piecewise-smooth {spec.piecewise_smooth_mm:g} mm)"
         if cfg.modality == "MR":
             data = _downsample(data, spec.downsample, vol.spacing)
             pair = None if pair is None else _downsample(pair, spec.downsample, vol.spacing)
@@ -131,6 +135,8 @@ def _ct_realisations(tv: TrainVolume, vol, spec: DataSpec, cfg: TrainConfig, cac
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{Path(spec.path).name.split('.')[0]}_{spec.slices[0] if spec.slices else 0}"
+    if spec.piecewise_smooth_mm:
+        tag += f"_ps{spec.piecewise_smooth_mm:g}"
     for k in range(cfg.noise.ct_realisations):
         f = cache_dir / f"{tag}_dose{CT_REFERENCE_DOSE}_r{k}.npy"
         if not f.is_file():
@@ -205,7 +211,8 @@ class PatchSampler:
       level told to the network is the input's, ``σ_y·√(1 + α²)``. The loss is taken where the scan's local mean is
       above ``4·σ_y`` (there its magnitude noise is Gaussian, which R2R assumes);
     * supervised CT, ``target="clean"``: full-dose patch plus a cached low-dose noise realisation rescaled to a
-      random dose (the full-dose scan is the target, its own noise included);
+      random dose (the full-dose scan is the target, its own noise included, unless the entry asks for its noise-free
+      piecewise-smooth version, ``piecewise_smooth_mm``);
     * supervised CT, ``target="noisy"``: Recorrupted-to-Recorrupted with those realisations as the recorrupting
       noise (:meth:`_recorrupted_ct`), unbiased for the noise-free scan;
     * ``n2n``: one noisy scan in, the other as target; ``n2v``: blind-spot masking (Krull et al., CVPR 2019) —

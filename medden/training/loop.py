@@ -299,7 +299,9 @@ def export(net, cfg: TrainConfig, record: dict, log: Callable[[str], None] = pri
                      normalisation=norm, noise=noise,
                      training={"mode": cfg.mode, "command": cfg.command,
                                "data": [{"path": Path(d.path).name, "licence": d.licence, "target": d.target,
-                                         "downsample": d.downsample, "slices": d.slices} for d in cfg.data],
+                                         "downsample": d.downsample, "slices": d.slices,
+                                         **({"piecewise_smooth_mm": d.piecewise_smooth_mm}
+                                            if d.piecewise_smooth_mm else {})} for d in cfg.data],
                                "noisy_targets": "Recorrupted-to-Recorrupted (Pang et al., CVPR 2021) with the "
                                                 "estimated noise level" if any(d.target == "noisy" for d in cfg.data)
                                                 else None,
